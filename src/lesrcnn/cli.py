@@ -183,8 +183,15 @@ def _optional(module: str, fn: str):
         return None
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line on stderr and exit 2, like every other error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"lesrcnn: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lesrcnn", description="LESRCNN super-resolution (Tian et al., KBS 2020)")
+    p = _Parser(prog="lesrcnn", description="LESRCNN super-resolution (Tian et al., KBS 2020)")
     p.add_argument("--version", action="version", version=f"lesrcnn {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     extra = [_optional("upscale_cli", "add_upscale"), _optional("export", "add_export"), _optional("bench", "add_bench")]

@@ -9,6 +9,7 @@ The ablation variants of the paper are options of the same class (``variant=``).
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -100,6 +101,9 @@ class LESRCNN(nn.Module):
         self.irb = nn.ModuleList(nn.Conv2d(features, features, 3, padding=1, bias=False) for _ in range(n_irb))
         self.tail = nn.Conv2d(features, 3, 3, padding=1, bias=False)
         self.fuse_rb = True  # U(g)+U(h0) in one upsampler pass: exact algebra, ~15% fewer FLOPs
+        # Inference on channels-last float32 CPU tensors without autograd runs the fused oneDNN path
+        # below (same function, ~1.3x faster than plain channels-last); False forces the module path.
+        self.fast_cpu = True
 
     @property
     def multiscale(self) -> bool:
@@ -111,6 +115,10 @@ class LESRCNN(nn.Module):
                 raise ValueError("a multi-scale model needs the scale: model(x, scale)")
             scale = self.scales[0]
         up = self.upsample[f"x{check_scale(int(scale), self.scales)}"]
+        if self.fast_cpu and _fast_cpu_applies(x, self.head.weight):
+            y = _fast_cpu_forward(self, x, up)
+            if y is not None:
+                return y
         mean = self.mean.to(x.dtype)
         h0 = F.relu(self.head(x - mean))
         h = h0
@@ -135,6 +143,110 @@ class LESRCNN(nn.Module):
         lr_layers += 1  # first upsampler conv
         hr_layers = len(self.irb) + 1 + (1 if 4 in self.scales else 0)
         return lr_layers + -(-hr_layers // min(self.scales))
+
+
+# --- the fast CPU inference path ------------------------------------------------------------
+#
+# Every convolution goes to oneDNN directly (torch.ops.mkldnn._convolution_pointwise, the op that
+# torch.compile's CPU backend emits) on channels-last tensors, with weights pre-packed in oneDNN's
+# blocked layout for the input shape, and with the elementwise work fused into the convolution:
+# ReLU after each 3x3 conv, "add the unit's input then ReLU" after each 1x1 conv (accumulated in
+# place), the mean added back as the bias of the last conv, and the ReLU after the RB applied
+# before the last PixelShuffle (elementwise ops commute with it). Same arithmetic as the module
+# path up to float rounding order (max abs difference ~1e-6 on [0, 1] images).
+
+_FAST_STATE = {"ok": None}  # None: not tried yet; False: unavailable in this torch build
+_PACKED: "weakref.WeakKeyDictionary[LESRCNN, dict]" = weakref.WeakKeyDictionary()
+_PACKED_SHAPES = 8  # input shapes kept per model (tiles and batches repeat a few shapes)
+
+
+def _fast_cpu_applies(x: torch.Tensor, w: torch.Tensor) -> bool:
+    return (
+        _FAST_STATE["ok"] is not False
+        and x.device.type == "cpu" and w.device.type == "cpu"
+        and x.dtype == torch.float32 and w.dtype == torch.float32
+        and x.dim() == 4 and x.shape[2] > 1 and x.shape[3] > 1
+        and not torch.is_grad_enabled()
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+def _packed_weights(model: LESRCNN, up: nn.Module, n: int, h: int, w: int) -> dict:
+    """oneDNN-layout weights for an input of n x 3 x h x w, cached per shape and weight version."""
+    params = list(model.parameters())
+    version = tuple((p.data_ptr(), p._version) for p in params)
+    per_model = _PACKED.setdefault(model, {})
+    if per_model.get("version") != version:
+        per_model.clear()
+        per_model["version"] = version
+    key = (id(up), n, h, w)
+    if key in per_model:
+        per_model[key] = per_model.pop(key)  # LRU order
+        return per_model[key]
+    reorder = torch._C._nn.mkldnn_reorder_conv2d_weight
+
+    def pack(conv: nn.Conv2d, hh: int, ww: int) -> torch.Tensor:
+        pad = conv.padding[0]
+        return reorder(conv.weight.detach().contiguous().to_mkldnn(), [pad, pad], [1, 1], [1, 1], 1,
+                       [n, conv.in_channels, hh, ww])
+
+    packs: dict = {"head": pack(model.head, h, w),
+                   "body3": [pack(c, h, w) for c in model.body3], "body1": [pack(c, h, w) for c in model.body1]}
+    ups, hh, ww = [], h, w
+    for m in up:
+        if isinstance(m, nn.Conv2d):
+            bias = m.bias.detach() * (2 if model.v.local_fusion else 1)
+            ups.append(("conv", pack(m, hh, ww), bias))
+        else:
+            ups.append(("shuffle", m.upscale_factor, None))
+            hh, ww = hh * m.upscale_factor, ww * m.upscale_factor
+    packs["up"] = ups
+    packs["irb"] = [pack(c, hh, ww) for c in model.irb]
+    packs["tail"] = pack(model.tail, hh, ww)
+    packs["mean"] = model.mean.detach().reshape(3).contiguous()
+    if sum(1 for k in per_model if k != "version") >= _PACKED_SHAPES:
+        per_model.pop(next(k for k in per_model if k != "version"))
+    per_model[key] = packs
+    return packs
+
+
+def _fast_cpu_forward(model: LESRCNN, x: torch.Tensor, up: nn.Module) -> torch.Tensor | None:
+    try:
+        conv = torch.ops.mkldnn._convolution_pointwise
+        conv_add_ = torch.ops.mkldnn._convolution_pointwise_.binary
+        conv_add = torch.ops.mkldnn._convolution_pointwise.binary
+        n, _, h, w = x.shape
+        P = _packed_weights(model, up, n, h, w)
+        one, pad1 = [1, 1], [1, 1]
+        h0 = conv(x - model.mean, P["head"], None, pad1, one, one, 1, "relu", [], "")
+        t_pad = [model.body1[0].padding[0]] * 2 if len(model.body1) else pad1
+        g = h0
+        for i, (w3, w1) in enumerate(zip(P["body3"], P["body1"])):
+            t = conv(g, w3, None, pad1, one, one, 1, "relu", [], "")
+            if not model.v.residual:
+                g = conv(t, w1, None, t_pad, one, one, 1, "relu", [], "")
+            elif i == 0:  # h0 is needed again by the RB: not in place
+                g = conv_add(t, g, w1, None, t_pad, one, one, 1, "add", 1.0, "relu", [], "")
+            else:  # g <- relu(g + conv1x1(t)), accumulated into g
+                g = conv_add_(g, t, w1, None, t_pad, one, one, 1, "add", 1.0, "relu", [], "")
+        r = g + h0 if model.v.local_fusion else g
+        convs = [i for i, (kind, _, _) in enumerate(P["up"]) if kind == "conv"]
+        for i, (kind, a, b) in enumerate(P["up"]):
+            if kind == "conv":
+                r = conv(r, a, b, pad1, one, one, 1, "relu" if i == convs[-1] else "none", [], "")
+            else:
+                r = F.pixel_shuffle(r, a)
+        for wi in P["irb"]:
+            r = conv(r, wi, None, pad1, one, one, 1, "relu", [], "")
+        y = conv(r, P["tail"], P["mean"], pad1, one, one, 1, "none", [], "")
+        _FAST_STATE["ok"] = True
+        return y
+    except (RuntimeError, AttributeError, TypeError, NotImplementedError):
+        if _FAST_STATE["ok"]:  # it worked before: a real error (e.g. out of memory), not a missing op
+            raise
+        _FAST_STATE["ok"] = False
+        return None
 
 
 def build(scale: int | str | tuple[int, ...], variant: str = "full") -> LESRCNN:

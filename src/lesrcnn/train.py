@@ -352,7 +352,7 @@ def run(cfg: Config, resume: bool = False, log=None) -> dict:
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=len(scales) > 1)
+            find_unused_parameters=len(scales) > 1, broadcast_buffers=False)
     fwd = net
     if cfg.compile and device.type == "cuda":
         fwd = torch.compile(net)
@@ -373,6 +373,13 @@ def run(cfg: Config, resume: bool = False, log=None) -> dict:
                           state_path)
 
     logf = open(out / "metrics.jsonl", "a") if is_main else None
+    tb = None
+    if is_main:
+        try:  # TensorBoard when it is installed; metrics.jsonl always
+            from torch.utils.tensorboard import SummaryWriter
+            tb = SummaryWriter(str(out / "tb"))
+        except Exception:
+            tb = None
     stop = Stop()
     t_start = time.time()
     data_time = compute_time = 0.0
@@ -424,6 +431,11 @@ def run(cfg: Config, resume: bool = False, log=None) -> dict:
                                                             device, world, best) | {"val_psnr": last_val})
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
+                if tb is not None:
+                    tb.add_scalar("loss", last_loss, step)
+                    tb.add_scalar("lr", cur_lr, step)
+                    for k, v in rec.get("val", {}).items():
+                        tb.add_scalar(f"val_psnr/{k}", v, step)
                 if bar is not None:
                     bar.update(1)
                     post = {"loss": f"{last_loss:.4g}", "data%": f"{100 * data_time / (data_time + compute_time):.0f}"}
@@ -444,6 +456,8 @@ def run(cfg: Config, resume: bool = False, log=None) -> dict:
     save("final")
     if logf:
         logf.close()
+    if tb is not None:
+        tb.close()
     total = elapsed_before + time.time() - t_start
     summary = {"step": step, "reason": reason, "loss": last_loss, "best_val": best if best > -math.inf else None,
                "seconds": round(total, 1), "data_fraction": round(data_time / max(1e-9, data_time + compute_time), 4),

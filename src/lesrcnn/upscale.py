@@ -1,14 +1,24 @@
 """Inference: the fast forward path, tiling with bounded memory, and the ``Upscaler`` API."""
 from __future__ import annotations
 
+import copy
 import math
 import os
+import warnings
 from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
-from .model import LESRCNN
+from . import weights as W
+from .errors import LesrcnnError
+from .io import (DEEP_FORMATS, DEFAULT_MAX_PIXELS, ImageWarning, Picture, format_for_path, max_value,
+                 normalize_format, picture_from_pil, picture_to_pil, read_picture, to_gray, write_picture)
+from .metrics import to_uint8
+from .model import LESRCNN, build
 
 # Peak bytes of activations per LR pixel of a tile, per scale (fp32, measured with margin).
 _BYTES_PER_LR_PIXEL = {2: 6_000, 3: 12_000, 4: 20_000}
@@ -119,3 +129,357 @@ def forward_tiled(
             if progress is not None:
                 progress(done, len(boxes))
     return out
+
+
+# --- the Upscaler API ------------------------------------------------------------------------------
+#
+# Everything below works on LR tiles cut from the image (numpy, uint8/uint16/float32), runs them
+# through the network in batches (forward_tiled(..., tile=0): the fast channels-last path), and
+# writes each tile's core straight into the preallocated output (quantised as it goes), so peak
+# memory is the input + the output + one batch of activations, whatever the image size.
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+BACKENDS = ("torch", "onnx")
+QUANTIZE = ("truncate", "round")
+MIN_TILE = 16
+
+
+def check_scale(scale) -> int:
+    try:
+        s = int(scale)
+    except (TypeError, ValueError):
+        raise LesrcnnError(f"scale must be 2, 3 or 4, got {scale!r}") from None
+    if s not in (2, 3, 4) or s != scale:
+        raise LesrcnnError(f"scale must be 2, 3 or 4, got {scale!r}")
+    return s
+
+
+def plan_tiles(h: int, w: int, tile: int, overlap: int) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+    """LR tiles as (core (y0, y1, x0, x1), padded (py0, py1, px0, px1)), row-major.
+
+    Cores split the image into ceil(h/tile) x ceil(w/tile) nearly equal parts (no thin leftover
+    tile); each is padded by ``overlap`` pixels of real image on each side, cut at the border.
+    ``tile`` <= 0 means one tile: the whole image.
+    """
+    if tile <= 0:
+        return [((0, h, 0, w), (0, h, 0, w))]
+    ny, nx = -(-h // tile), -(-w // tile)
+    ys = [round(i * h / ny) for i in range(ny + 1)]
+    xs = [round(j * w / nx) for j in range(nx + 1)]
+    out = []
+    for i in range(ny):
+        for j in range(nx):
+            y0, y1, x0, x1 = ys[i], ys[i + 1], xs[j], xs[j + 1]
+            out.append(((y0, y1, x0, x1), (max(0, y0 - overlap), min(h, y1 + overlap),
+                                            max(0, x0 - overlap), min(w, x1 + overlap))))
+    return out
+
+
+def _batches(plan, batch: int):
+    """Consecutive tiles with the same padded shape, at most ``batch`` at a time."""
+    group: list = []
+    for t in plan:
+        p = t[1]
+        shape = (p[1] - p[0], p[3] - p[2])
+        if group and (len(group) >= batch or shape != group[0][2]):
+            yield [g[:2] for g in group]
+            group = []
+        group.append((*t, shape))
+    if group:
+        yield [g[:2] for g in group]
+
+
+def _dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """The 8 flips/rotations of the self-ensemble (k = 0..7) on NCHW, or their inverses."""
+    rot, flip = k % 4, k >= 4
+    if not inverse:
+        x = torch.rot90(x, rot, (2, 3)) if rot else x
+        return x.flip(3) if flip else x
+    x = x.flip(3) if flip else x
+    return torch.rot90(x, -rot, (2, 3)) if rot else x
+
+
+def _quantizer(dtype: np.dtype, quantize: str):
+    """float32 HxWxC SR (unclamped) -> the output dtype."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return lambda a: to_uint8(a, quantize)  # the paper's / eval's conversion, bit for bit
+    if dtype == np.uint16:
+        return lambda a: np.floor(np.clip(a, 0.0, 1.0) * np.float32(65535) + np.float32(0.5)).astype(np.uint16)
+    return lambda a: np.clip(a, 0.0, 1.0).astype(dtype, copy=False)
+
+
+class Upscaler:
+    """Upscale images with LESRCNN: loads the model once, then ``upscale`` / ``upscale_file``.
+
+    >>> up = Upscaler(scale=2, weights="my.safetensors")      # or an official .pth
+    >>> big = up.upscale(Image.open("photo.jpg"))              # PIL in, PIL out
+    >>> up.upscale_file("scan.tif", "scan_x2.tif")
+
+    ``weights``: None (the embedded weights), a registry name, a file of ours, an official
+    ``.pth``, a :class:`~lesrcnn.weights.Checkpoint`, or (backend "onnx") an ``.onnx`` file.
+    ``tile``: LR tile side; None chooses from free memory, 0 disables tiling. ``overlap``: LR
+    context around each tile (default: the receptive margin + 2, so tiled == untiled).
+    ``precision``: fp16/bf16 run on CUDA only (fp32 elsewhere, with a warning), and any batch
+    whose half-precision output holds NaN/Inf is recomputed in fp32. ``quantize``: how float
+    output becomes 8-bit: "truncate" (default; the released code's and ``lesrcnn eval``'s
+    conversion, so files score exactly what eval reports) or "round" (about +0.05 dB).
+    16-bit output is always rounded. Gray images run as R=G=B and come back as BT.601 luma.
+    """
+
+    def __init__(self, scale: int = 2, weights=None, device: str = "auto", *, precision: str = "fp32",
+                 tile: int | None = None, overlap: int | None = None, batch: int | None = None,
+                 self_ensemble: bool = False, backend: str = "torch", quantize: str = "truncate",
+                 max_pixels: int | None = None, providers: list[str] | None = None):
+        self.scale = check_scale(scale)
+        if backend not in BACKENDS:
+            raise LesrcnnError(f"backend must be torch or onnx, got {backend!r}")
+        if precision not in PRECISIONS:
+            raise LesrcnnError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+        if quantize not in QUANTIZE:
+            raise LesrcnnError(f"quantize must be truncate or round, got {quantize!r}")
+        self.backend, self.quantize, self.self_ensemble = backend, quantize, bool(self_ensemble)
+        self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else (int(max_pixels) or None)
+        onnx_file = backend == "onnx" and isinstance(weights, (str, os.PathLike)) and \
+            str(weights).lower().endswith(".onnx")
+        if isinstance(weights, W.Checkpoint):
+            weights.require_scale(self.scale)
+            self.checkpoint: W.Checkpoint | None = weights
+        elif onnx_file:
+            self.checkpoint = None
+        else:
+            self.checkpoint = W.load(weights, self.scale)
+        margin_model = self.checkpoint.model if self.checkpoint is not None else build((2, 3, 4))
+
+        self._model = self._model_half = self._runner = None
+        if backend == "onnx":
+            self.device = torch.device("cpu")  # the runner takes and returns host arrays
+            if precision != "fp32":
+                warnings.warn(f"--precision {precision} applies to the torch backend; ONNX runs fp32",
+                              ImageWarning, stacklevel=2)
+            self.precision = "fp32"
+            try:
+                from .export import onnx_runner
+            except ImportError:
+                raise LesrcnnError("the ONNX backend needs `pip install lesrcnn[onnx]`") from None
+            self._runner = onnx_runner(Path(weights) if onnx_file else self.checkpoint, self.scale,
+                                       providers=providers)
+        else:
+            self.device = pick_device(device)
+            self.precision = self._resolve_precision(precision)
+            self._model = prepare(self.checkpoint.model, self.device, torch.float32)
+            if self.precision != "fp32":
+                self._model_half = prepare(copy.deepcopy(self.checkpoint.model), self.device,
+                                           PRECISIONS[self.precision])
+        self.dtype = PRECISIONS[self.precision]
+
+        margin = margin_model.receptive_margin()
+        self.overlap = default_overlap(margin_model) if overlap is None else int(overlap)
+        if self.overlap < 0:
+            raise LesrcnnError(f"tile overlap must be >= 0, got {self.overlap}")
+        if self.overlap < margin:
+            warnings.warn(f"tile overlap {self.overlap} is below the network's receptive margin ({margin} LR "
+                          f"pixels): tile seams may show", ImageWarning, stacklevel=2)
+        if tile is None:
+            self.tile = auto_tile(self.scale, self.device, self.dtype)
+        else:
+            self.tile = int(tile)
+            if self.tile < 0 or 0 < self.tile < MIN_TILE:
+                raise LesrcnnError(f"tile must be 0 (no tiling) or at least {MIN_TILE} LR pixels, got {tile}")
+        self.batch = self._auto_batch() if batch is None else max(1, int(batch))
+        self._warned_nonfinite = False
+
+    # --- configuration ------------------------------------------------------------------------
+
+    def _resolve_precision(self, precision: str) -> str:
+        if precision == "fp32" or self.device.type == "cuda":
+            if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+                warnings.warn("this GPU has no bf16; using fp16", ImageWarning, stacklevel=3)
+                return "fp16"
+            return precision
+        warnings.warn(f"--precision {precision} is a CUDA path; running fp32 on {self.device.type}",
+                      ImageWarning, stacklevel=3)
+        return "fp32"
+
+    def _auto_batch(self) -> int:
+        """Tiles per forward pass. GPU: as many as fit the memory budget auto_tile uses (1..8).
+        CPU: batching buys nothing once a tile fills the cores, so only small tiles are grouped,
+        up to about one 256x256 tile's worth (memory then stays what --tile asked for)."""
+        if self.tile <= 0:
+            return 1
+        side = self.tile + 2 * self.overlap
+        if self.device.type == "cpu":
+            return int(max(1, min(8, (256 * 256) // (side * side))))
+        per_px = _BYTES_PER_LR_PIXEL[self.scale] * (2 if self.dtype == torch.float32 else 1) // 2
+        budget = min(available_memory_bytes(self.device) * 0.25, 4 << 30)
+        return int(max(1, min(8, budget // (side * side * per_px))))
+
+    def __repr__(self) -> str:
+        src = self.checkpoint.source if self.checkpoint is not None else "onnx"
+        return (f"Upscaler(scale={self.scale}, weights={src!r}, device={self.device.type!r}, "
+                f"precision={self.precision!r}, tile={self.tile}, overlap={self.overlap}, backend={self.backend!r}, "
+                f"self_ensemble={self.self_ensemble})")
+
+    # --- the network on a batch of LR tiles ----------------------------------------------------
+
+    def _forward_once(self, x: torch.Tensor) -> torch.Tensor:
+        """NCHW float32 host tensor in [0, 1] -> NCHW float32 host SR (unclamped)."""
+        if self._runner is not None:
+            return torch.from_numpy(np.ascontiguousarray(self._runner(np.ascontiguousarray(x.numpy())),
+                                                         dtype=np.float32))
+        if self._model_half is not None:
+            y = forward_tiled(self._model_half, x.to(self.device, self.dtype), self.scale, tile=0)
+            if bool(torch.isfinite(y).all()):
+                return y.float().cpu()
+            if not self._warned_nonfinite:
+                warnings.warn(f"{self.precision} output overflowed (NaN/Inf); recomputing those tiles in fp32",
+                              ImageWarning, stacklevel=4)
+                self._warned_nonfinite = True
+        return forward_tiled(self._model, x.to(self.device), self.scale, tile=0).float().cpu()
+
+    @torch.inference_mode()
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.self_ensemble:
+            return self._forward_once(x)
+        acc = None
+        for k in range(8):
+            y = _dihedral(self._forward_once(_dihedral(x, k).contiguous()), k, inverse=True)
+            acc = y if acc is None else acc.add_(y)
+        return acc.div_(8)
+
+    def run(self, src: np.ndarray, out_dtype=None, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """HxWxC colour planes (C = 1 gray or 3 RGB; uint8, uint16 or float in [0, 1]) ->
+        (sH)x(sW)xC in ``out_dtype`` (default: the input's; float output is float32 clipped to [0, 1])."""
+        if src.ndim != 3 or src.shape[2] not in (1, 3):
+            raise LesrcnnError(f"expected HxWx1 or HxWx3 colour planes, got shape {src.shape}")
+        h, w, c = src.shape
+        if h == 0 or w == 0:
+            raise LesrcnnError("zero-size image")
+        if out_dtype is None:
+            out_dtype = src.dtype if src.dtype in (np.uint8, np.uint16) else np.float32
+        s = self.scale
+        out = np.empty((h * s, w * s, c), dtype=out_dtype)
+        quant = _quantizer(out.dtype, self.quantize)
+        mv = max_value(src.dtype)
+        plan = plan_tiles(h, w, self.tile, self.overlap)
+        done = 0
+        for chunk in _batches(plan, self.batch):
+            tiles = np.stack([src[p[0]:p[1], p[2]:p[3]] for _, p in chunk])
+            x = torch.from_numpy(tiles).permute(0, 3, 1, 2).to(torch.float32)
+            if mv != 1.0:
+                x = x.div_(mv)  # as evaluate.super_resolve: uint8 -> float32 / 255
+            if c == 1:
+                x = x.expand(-1, 3, -1, -1)
+            y = self._infer(x)
+            for j, ((y0, y1, x0, x1), (py0, _, px0, _)) in enumerate(chunk):
+                oy, ox = (y0 - py0) * s, (x0 - px0) * s
+                t = y[j, :, oy:oy + (y1 - y0) * s, ox:ox + (x1 - x0) * s].permute(1, 2, 0).numpy()
+                if c == 1:
+                    t = to_gray(t)
+                out[y0 * s:y1 * s, x0 * s:x1 * s] = quant(t)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(plan))
+        return out
+
+    # --- pictures, arrays, images, files ---------------------------------------------------------
+
+    def upscale_picture(self, pic: Picture, bits: int | None = None, progress=None) -> Picture:
+        """A :class:`lesrcnn.io.Picture` -> the upscaled Picture, metadata kept (DPI scaled).
+
+        ``bits``: 8 or 16 for integer output (default: the input's kind)."""
+        out_dtype = {8: np.uint8, 16: np.uint16, None: None}.get(bits, np.float32)
+        color = self.run(pic.color, out_dtype, progress)
+        alpha = None if pic.alpha is None else resize_alpha(pic.alpha, self.scale, color.dtype)
+        dpi = None if pic.dpi is None else tuple(_tidy(d * self.scale) for d in pic.dpi)
+        return replace(pic, color=color, alpha=alpha, dpi=dpi)
+
+    def upscale_array(self, arr: np.ndarray, progress=None) -> np.ndarray:
+        """HxW or HxWxC (C: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) uint8/uint16/float in [0, 1] ->
+        the upscaled array; uint8/uint16 stay so, float comes back float32 in [0, 1]."""
+        a = np.asarray(arr)
+        if a.dtype.kind == "f":
+            a = a.astype(np.float32, copy=False)
+            if a.size and not np.isfinite(a).all():
+                raise LesrcnnError("the array holds NaN or Inf")
+            if a.size and (a.max() > 1.5 or a.min() < -0.5):
+                warnings.warn(f"float arrays are expected in [0, 1]; this one spans {a.min():g}..{a.max():g} "
+                              f"(divide 8-bit data by 255)", ImageWarning, stacklevel=3)
+        elif a.dtype not in (np.uint8, np.uint16):
+            raise LesrcnnError(f"arrays must be uint8, uint16 or float in [0, 1], got {a.dtype}")
+        squeeze = a.ndim == 2
+        if squeeze:
+            a = a[..., None]
+        if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
+            raise LesrcnnError(f"arrays must be HxW or HxWxC with C in 1..4, got shape {np.shape(arr)}")
+        nc = 1 if a.shape[2] <= 2 else 3
+        color = self.run(np.ascontiguousarray(a[..., :nc]), progress=progress)
+        if a.shape[2] in (2, 4):
+            alpha = resize_alpha(a[..., nc], self.scale, color.dtype)
+            color = np.concatenate([color, alpha[..., None]], axis=2)
+        return color[..., 0] if squeeze else color
+
+    def upscale(self, img, progress=None):
+        """Upscale a PIL image, a numpy array (HxW / HxWxC; uint8, uint16 or float in [0, 1]) or a
+        torch tensor (HxW, CxHxW or NxCxHxW; uint8 or float in [0, 1]); returns the same kind."""
+        if isinstance(img, np.ndarray):
+            out = self.upscale_array(img, progress)
+            return out.astype(img.dtype) if img.dtype.kind == "f" else out
+        if isinstance(img, torch.Tensor):
+            return self._upscale_tensor(img, progress)
+        from PIL import Image
+
+        if isinstance(img, Image.Image):
+            return picture_to_pil(self.upscale_picture(picture_from_pil(img), progress=progress))
+        raise TypeError(f"upscale() takes a PIL image, a numpy array or a torch tensor, not {type(img).__name__}")
+
+    def _upscale_tensor(self, t: torch.Tensor, progress=None) -> torch.Tensor:
+        if t.dtype not in (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise LesrcnnError(f"tensors must be uint8 or float in [0, 1], got {t.dtype}")
+        if t.ndim in (2, 3):  # HxW -> 1xHxW -> 1x1xHxW
+            return self._upscale_tensor(t[None], progress)[0]
+        if t.ndim != 4 or t.shape[1] not in (1, 2, 3, 4):
+            raise LesrcnnError(f"tensors must be HxW, CxHxW or NxCxHxW with C in 1..4, got {tuple(t.shape)}")
+        outs = []
+        for img in t:
+            a = img.detach().cpu().permute(1, 2, 0)
+            a = a.numpy() if t.dtype == torch.uint8 else a.float().numpy()
+            outs.append(torch.from_numpy(self.upscale_array(a, progress)).permute(2, 0, 1))
+        return torch.stack(outs).to(device=t.device, dtype=t.dtype)
+
+    def upscale_file(self, src, dst, *, format: str | None = None, quality: int | None = None,
+                     overwrite: bool = False, progress=None):
+        """Read ``src``, upscale, write ``dst`` atomically. The format comes from ``format`` or
+        ``dst``'s extension; 16-bit input stays 16-bit in PNG/TIFF. Returns ``dst`` as a Path."""
+        dst = Path(dst)
+        fmt = normalize_format(format) if format else format_for_path(dst)
+        if not fmt:
+            raise LesrcnnError(f"{dst}: unknown image extension; name the format (png, jpg, webp, tiff, bmp)")
+        if dst.exists() and not overwrite:
+            raise LesrcnnError(f"{dst} exists; pass overwrite=True to replace it")
+        pic = read_picture(src, self.max_pixels)
+        bits = 16 if pic.bits == 16 and fmt in DEEP_FORMATS else 8
+        write_picture(self.upscale_picture(pic, bits, progress), dst, fmt, quality)
+        return dst
+
+
+def _tidy(v: float) -> float:
+    """DPI after scaling: snap values within 0.01 of an integer (PNG stores pixels per metre)."""
+    r = round(v)
+    return float(r) if abs(v - r) < 0.01 else round(v, 4)
+
+
+def resize_alpha(alpha: np.ndarray, scale: int, out_dtype) -> np.ndarray:
+    """Alpha plane HxW -> (sH)x(sW), bicubic (Pillow), in ``out_dtype`` (uint8, uint16 or float32)."""
+    from PIL import Image
+
+    h, w = alpha.shape
+    size = (w * scale, h * scale)
+    src_max, dst_max = max_value(alpha.dtype), max_value(out_dtype)
+    if alpha.dtype == np.uint8 and np.dtype(out_dtype) == np.uint8:  # mode L: 1 byte a pixel all the way
+        return np.asarray(Image.fromarray(np.ascontiguousarray(alpha)).resize(size, Image.Resampling.BICUBIC))
+    a = Image.fromarray(np.ascontiguousarray(alpha, dtype=np.float32) / np.float32(src_max))
+    r = np.clip(np.asarray(a.resize(size, Image.Resampling.BICUBIC)), 0.0, 1.0)
+    if np.dtype(out_dtype).kind == "f":
+        return r.astype(np.float32)
+    return np.floor(r * np.float32(dst_max) + np.float32(0.5)).astype(out_dtype)

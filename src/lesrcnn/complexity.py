@@ -1,0 +1,182 @@
+"""Parameters and multiply-accumulates of LESRCNN, per block, at a stated input size.
+
+Counted from the network's modules (the shape of every convolution and the resolution it runs
+at), for the released computation: the RB applies its upsampler to g and to h0 separately
+(``fused_macs`` is what our fast paths compute after the exact RB rewrite). Conventions: one
+MAC = one multiply-add of a convolution; FLOPs = 2 x MACs; biases, ReLUs, residual additions
+and the two frozen mean-shift layers are not counted (they add < 0.01%), nor are the
+mean-shift layers' parameters, as in the spec's parameter counts.
+
+The paper's Tables 3 and 9 print 516K parameters and 3.08G FLOPs for LESRCNN without an input
+size; the released code has more parameters, and 3.08G matches no natural size (see the spec),
+so both are shown beside ours, never replaced by them.
+"""
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from .errors import LesrcnnError
+from .model import LESRCNN, VARIANTS, build
+
+BLOCKS = ("IEEB", "RB", "IRB")
+
+# As printed in the paper (x4 for Tables 1-3; Table 9 states no scale and no input size).
+PAPER = {
+    "full": {"table": 9, "parameters": "516K", "flops": "3.08G"},
+    "sn": {"table": 3, "parameters": "630K", "flops": "3.06G"},
+    "hn": {"table": 3, "parameters": "368K", "flops": "1.38G"},
+}
+VARIANT_LABEL = {"full": "LESRCNN", "ieeb+rb": "IEEB+RB", "ieeb": "IEEB", "hn": "HN", "sn": "SN"}
+
+
+def parse_size(size: str | int | tuple[int, int]) -> tuple[int, int]:
+    """'HxW', 'N' (square) or a tuple -> (H, W)."""
+    if isinstance(size, tuple):
+        h, w = size
+    elif isinstance(size, int):
+        h = w = size
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*,]\s*(\d+))?\s*", str(size))
+        if not m:
+            raise LesrcnnError(f"--size must be HxW (e.g. 256x256) or N, got {size!r}")
+        h = int(m.group(1))
+        w = int(m.group(2)) if m.group(2) else h
+    if h < 1 or w < 1 or h > 1 << 20 or w > 1 << 20:
+        raise LesrcnnError(f"--size must be positive, got {h}x{w}")
+    return int(h), int(w)
+
+
+def _conv(c: nn.Conv2d, px: int) -> tuple[int, int]:
+    """(parameters, MACs) of a convolution applied at ``px`` output pixels."""
+    k = c.weight.shape[2] * c.weight.shape[3]
+    params = c.weight.numel() + (c.bias.numel() if c.bias is not None else 0)
+    return params, c.in_channels * c.out_channels * k * px
+
+
+def count(model: LESRCNN, scale: int, height: int, width: int, fused: bool = False) -> dict:
+    """Per-block parameters/MACs of ``model`` at ``scale`` for an LR input of height x width."""
+    if scale not in model.scales:
+        raise LesrcnnError(f"the model serves x{'/x'.join(map(str, model.scales))}, not x{scale}")
+    lr = height * width
+    blocks = {b: {"block": b, "layers": 0, "parameters": 0, "macs": 0} for b in BLOCKS}
+
+    def add(block: str, conv: nn.Conv2d, px: int, times: int = 1) -> None:
+        p, m = _conv(conv, px)
+        blocks[block]["parameters"] += p
+        blocks[block]["macs"] += m * times
+        blocks[block]["layers"] += 1
+
+    add("IEEB", model.head, lr)
+    for c3, c1 in zip(model.body3, model.body1):
+        add("IEEB", c3, lr)
+        add("IEEB", c1, lr)
+    times = 2 if model.v.local_fusion and not fused else 1
+    px = lr
+    for m in model.upsample[f"x{scale}"]:
+        if isinstance(m, nn.Conv2d):
+            add("RB", m, px, times)
+        elif isinstance(m, nn.PixelShuffle):
+            px *= m.upscale_factor ** 2
+    hr = lr * scale * scale
+    for c in model.irb:
+        add("IRB", c, hr)
+    add("IRB", model.tail, hr)
+    total_m = sum(b["macs"] for b in blocks.values())
+    for b in blocks.values():
+        b["flops"] = 2 * b["macs"]
+        b["share"] = b["macs"] / total_m if total_m else 0.0
+    return {
+        "scale": scale,
+        "variant": model.variant,
+        "input": [height, width],
+        "output": [height * scale, width * scale],
+        "parameters": sum(b["parameters"] for b in blocks.values()),
+        "macs": total_m,
+        "flops": 2 * total_m,
+        "macs_per_lr_pixel": total_m / lr,
+        "blocks": list(blocks.values()),
+    }
+
+
+def macs(scale: int, height: int, width: int, variant: str = "full", fused: bool = False) -> int:
+    """MACs of the released network (``fused=False``) at an LR input of height x width."""
+    return count(_skeleton(scale, variant), scale, height, width, fused)["macs"]
+
+
+_SKELETONS: dict = {}
+
+
+def _skeleton(scale: int | tuple[int, ...], variant: str) -> LESRCNN:
+    key = (scale, variant)
+    if key not in _SKELETONS:
+        _SKELETONS[key] = build(scale, variant)
+    return _SKELETONS[key]
+
+
+def complexity_report(checkpoint, size: str | int | tuple[int, int] = "256x256") -> dict:
+    """What ``lesrcnn info --flops`` prints: for every scale of the checkpoint, parameters and
+    MACs/FLOPs per block at the LR input ``size``, for the checkpoint's network and for every
+    ablation variant of the paper at the same scale and size, and the paper's printed figures."""
+    h, w = parse_size(size)
+    model = checkpoint.model if hasattr(checkpoint, "model") else checkpoint
+    scales = []
+    for s in model.scales:
+        c = count(model, s, h, w)
+        c["parameters_shared_model"] = sum(p.numel() for p in model.parameters())
+        c["fused_macs"] = count(model, s, h, w, fused=True)["macs"]
+        c["variants"] = []
+        for name in VARIANTS:
+            vc = count(_skeleton(s, name), s, h, w)
+            c["variants"].append({"variant": name, "label": VARIANT_LABEL[name], "parameters": vc["parameters"],
+                                  "macs": vc["macs"], "flops": vc["flops"],
+                                  "blocks": {b["block"]: b["macs"] for b in vc["blocks"]},
+                                  "paper": PAPER.get(name)})
+        per_px = c["macs_per_lr_pixel"]
+        c["paper_3.08G_equivalent"] = {
+            "if_macs_lr_pixels": round(3.08e9 / per_px), "if_flops_lr_pixels": round(3.08e9 / 2 / per_px)}
+        scales.append(c)
+    return {
+        "input": [h, w],
+        "convention": "1 MAC = one conv multiply-add; FLOPs = 2 x MACs; mean shift, biases, ReLU and additions "
+                      "not counted; RB counted as released (upsampler applied to g and h0)",
+        "scales": scales,
+        "paper": PAPER,
+    }
+
+
+def _g(x: float) -> str:
+    for unit, div in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.3f}{unit}"
+    return f"{x:.0f}"
+
+
+def format_complexity(d: dict) -> str:
+    h, w = d["input"]
+    lines = [f"complexity  LR input {h}x{w}; {d['convention']}"]
+    for c in d["scales"]:
+        s = c["scale"]
+        oh, ow = c["output"]
+        lines.append("")
+        lines.append(f"x{s} (output {oh}x{ow}): {c['parameters']:,} parameters, {_g(c['macs'])} MACs = "
+                     f"{_g(c['flops'])} FLOPs, {c['macs_per_lr_pixel'] / 1e6:.3f}M MACs per LR pixel; "
+                     f"fused RB computes {_g(c['fused_macs'])} MACs")
+        lines.append(f"  {'block':<6} {'layers':>6} {'params':>10} {'MACs':>10} {'FLOPs':>10} {'share':>6}")
+        for b in c["blocks"]:
+            lines.append(f"  {b['block']:<6} {b['layers']:>6} {b['parameters']:>10,} {_g(b['macs']):>10} "
+                         f"{_g(b['flops']):>10} {b['share']:>6.1%}")
+        lines.append(f"  ablation variants at x{s}, same input (paper: Tables 1-3 at x4, Table 9; printed without "
+                     "an input size):")
+        lines.append(f"  {'network':<9} {'params':>9} {'IEEB':>9} {'RB':>9} {'IRB':>9} {'FLOPs':>10}   paper")
+        for v in c["variants"]:
+            p = v["paper"]
+            paper = f"{p['parameters']} / {p['flops']} FLOPs (Table {p['table']})" if p else "-"
+            b = v["blocks"]
+            lines.append(f"  {v['label']:<9} {v['parameters']:>9,} {_g(2 * b['IEEB']):>9} {_g(2 * b['RB']):>9} "
+                         f"{_g(2 * b['IRB']):>9} {_g(v['flops']):>10}   {paper}")
+        e = c["paper_3.08G_equivalent"]
+        lines.append(f"  the paper's '3.08G' would be {e['if_macs_lr_pixels']:,} LR pixels at x{s} if it counted "
+                     f"MACs, {e['if_flops_lr_pixels']:,} if FLOPs: no natural input size")
+    return "\n".join(lines)

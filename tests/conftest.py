@@ -1,0 +1,71 @@
+"""Shared fixtures: where ../shared is (data the project must never commit), and small real images."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path | None:
+    env = os.environ.get("LESRCNN_SHARED")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared", REPO / "../shared"]:
+        if (cand / "data" / "benchmarks").is_dir():
+            return cand.resolve()
+    return None
+
+
+SHARED = shared_dir()
+needs_shared = pytest.mark.skipif(SHARED is None, reason="../shared (benchmarks, official checkpoints) not found; "
+                                                         "set LESRCNN_SHARED to run these")
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if SHARED is None:
+        pytest.skip("../shared not found; set LESRCNN_SHARED")
+    return SHARED
+
+
+def official(scale: int) -> Path:
+    if SHARED is None:
+        pytest.skip("../shared not found")
+    p = SHARED / "weights" / "official" / f"lesrcnn_x{scale}.pth"
+    if not p.exists():
+        pytest.skip(f"{p} missing")
+    return p
+
+
+def run_cli(*args: str, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    r = subprocess.run([sys.executable, "-m", "lesrcnn", *map(str, args)], capture_output=True, text=True, env=env,
+                       **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"lesrcnn {' '.join(map(str, args))} failed ({r.returncode}): {r.stderr[-2000:]}")
+    return r
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, code: int = 2, contains: str | None = None) -> None:
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip().startswith("lesrcnn: error")]
+    assert len(lines) == 1, r.stderr
+    if contains:
+        assert contains.lower() in lines[0].lower(), lines[0]
+
+
+def natural_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth-with-edges synthetic RGB uint8 image (not noise: SR nets behave on it)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = np.zeros((h, w, 3))
+    for c in range(3):
+        fx, fy = rng.uniform(0.02, 0.15, 2)
+        img[..., c] = 0.5 + 0.3 * np.sin(fx * x + c) * np.cos(fy * y - c)
+    img[(x // 17 + y // 13) % 2 == 0] *= 0.7
+    return np.clip(img * 255 + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)

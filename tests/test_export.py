@@ -1,0 +1,176 @@
+"""ONNX export (issue 4): equivalence with PyTorch, dynamic sizes, every scale and variant, the CLI,
+the runner used by ``upscale --backend onnx``, fp16 and INT8."""
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+import onnx  # noqa: E402
+
+from lesrcnn import export as E  # noqa: E402
+from lesrcnn import weights as W  # noqa: E402
+from lesrcnn.errors import LesrcnnError  # noqa: E402
+from lesrcnn.model import VARIANTS, build, init_interpolation  # noqa: E402
+
+from conftest import SHARED, assert_one_line_error, natural_image, needs_shared, official, run_cli  # noqa: E402
+
+
+def interp(scale, variant="full", seed=0):
+    return init_interpolation(build(scale, variant), seed=seed).eval()
+
+
+def img(h, w, seed=0):
+    return np.ascontiguousarray(natural_image(h, w, seed).transpose(2, 0, 1)[None], dtype=np.float32) / 255
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_export_matches_pytorch_and_checks(scale):
+    m = interp(scale)
+    proto = E.build_onnx(m, scale)
+    onnx.checker.check_model(proto, full_check=True)
+    assert E.model_scale(proto) == scale
+    assert E.verify(proto, m, scale) < E.VERIFY_TOL
+    sess = E.session(proto, ["CPUExecutionProvider"])
+    for h, w in ((20, 31), (33, 17)):  # dynamic height and width
+        x = img(h, w, seed=h)
+        y = sess.run(None, {"input": x})[0]
+        assert y.shape == (1, 3, h * scale, w * scale)
+        assert np.abs(y - E.torch_reference(m, x, scale)).max() < E.VERIFY_TOL
+
+
+def test_multiscale_model_exports_one_graph_per_scale():
+    m = init_interpolation(build("multi"), seed=1).eval()
+    x = img(19, 23)
+    outs = {}
+    for s in (2, 3, 4):
+        proto = E.build_onnx(m, s)
+        assert E.model_scale(proto) == s
+        outs[s] = E.session(proto, ["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        assert np.abs(outs[s] - E.torch_reference(m, x, s)).max() < E.VERIFY_TOL
+    assert {o.shape for o in outs.values()} == {(1, 3, 19 * s, 23 * s) for s in (2, 3, 4)}
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "full"])
+def test_ablation_variants_export(variant):
+    torch.manual_seed(3)
+    m = build(2, variant).eval()
+    for p in m.parameters():
+        p.data.normal_(0, 0.05)
+    assert E.verify(E.build_onnx(m, 2), m, 2) < E.VERIFY_TOL
+
+
+def test_batch_and_opset_and_fp16():
+    m = interp(2)
+    proto = E.build_onnx(m, 2, opset=13)
+    assert proto.opset_import[0].version == 13
+    x = np.concatenate([img(12, 14, 1), img(12, 14, 2)])
+    y = E.session(proto, ["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.abs(y - E.torch_reference(m, x, 2)).max() < E.VERIFY_TOL
+    with pytest.raises(LesrcnnError, match="opset"):
+        E.build_onnx(m, 2, opset=9)
+    with pytest.raises(LesrcnnError, match="scale 3"):
+        E.build_onnx(m, 3)
+    half = E.build_onnx(m, 2, fp16=True)
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in half.graph.initializer)
+    assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 interface
+    assert E.verify(half, m, 2) < E.VERIFY_TOL_FP16
+
+
+def test_runner_from_checkpoint_and_file(tmp_path):
+    m = interp(3)
+    ck = W.Checkpoint(model=m, scales=(3,), variant="full", mean=tuple(m.mean.flatten().tolist()), source="mem")
+    run = E.onnx_runner(ck, 3)
+    x = img(16, 21)
+    ref = E.torch_reference(m, x, 3)
+    assert np.abs(run(x) - ref).max() < E.VERIFY_TOL
+    assert E.onnx_runner(ck, 3) is run  # cached
+    path = E.save_onnx(E.build_onnx(m, 3), tmp_path / "m.onnx")
+    run2 = E.onnx_runner(path, 3, providers=["CPUExecutionProvider"])
+    assert np.abs(run2(x) - ref).max() < E.VERIFY_TOL
+    with pytest.raises(LesrcnnError, match="x3 model"):
+        E.onnx_runner(str(path), 2)
+    with pytest.raises(LesrcnnError, match="x3"):
+        E.onnx_runner(ck, 4)
+    with pytest.raises(LesrcnnError, match="N x 3"):
+        run(x[0])
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    with pytest.raises(LesrcnnError):
+        E.onnx_runner(tmp_path / "bad.onnx", 3)
+    with pytest.raises(LesrcnnError, match="not found"):
+        E.onnx_runner(tmp_path / "missing.onnx", 3)
+
+
+def test_export_cli(tmp_path):
+    ckpt = W.save(init_interpolation(build("multi"), seed=0), tmp_path / "multi.safetensors")
+    out = tmp_path / "m.onnx"
+    r = run_cli("export", "--weights", ckpt, "--scale", "3", "--format", "onnx", "-o", out, check=True)
+    assert "max |ORT - PyTorch|" in r.stdout and out.is_file()
+    assert E.model_scale(onnx.load(str(out))) == 3
+    assert_one_line_error(run_cli("export", "--weights", ckpt, "--scale", "3", "-o", out), contains="exists")
+    r = run_cli("export", "--weights", ckpt, "-o", tmp_path / "all.onnx", check=True)  # every scale, one file each
+    for s in (2, 3, 4):
+        assert E.model_scale(onnx.load(str(tmp_path / f"all_x{s}.onnx"))) == s
+    assert_one_line_error(run_cli("export", "--weights", ckpt, "-o", tmp_path / "q.onnx", "--int8"), contains="--calib")
+    assert_one_line_error(run_cli("export", "--weights", tmp_path / "none.pth", "-o", tmp_path / "q.onnx"),
+                          contains="not found")
+    assert_one_line_error(run_cli("export", "--weights", ckpt, "-o", tmp_path / "q.onnx", "--opset", "7"),
+                          contains="opset")
+
+
+def test_int8_quantisation_structure_and_error(tmp_path):
+    m = interp(2)
+    proto = E.build_onnx(m, 2)
+    q = E.quantize_int8(proto, E.synthetic_patches(8, 32), method="minmax")
+    ops = {n.op_type for n in q.graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    onnx.checker.check_model(q)
+    x = img(24, 24, seed=5)
+    y = E.session(q, ["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    ref = E.torch_reference(m, x, 2)
+    assert y.shape == ref.shape
+    assert np.abs(np.clip(y, 0, 1) - np.clip(ref, 0, 1)).mean() < 2 / 255
+    props = {p.key: p.value for p in q.metadata_props}
+    assert props["precision"] == "int8" and props["scale"] == "2"
+
+
+def test_int8_cli_with_calibration_folder(tmp_path):
+    from PIL import Image
+
+    d = tmp_path / "calib"
+    d.mkdir()
+    for i in range(3):
+        Image.fromarray(natural_image(80, 90, seed=i)).save(d / f"{i}.png")
+    ckpt = W.save(interp(2), tmp_path / "x2.safetensors")
+    out = tmp_path / "q.onnx"
+    r = run_cli("export", "--weights", ckpt, "-o", out, "--int8", "--calib", d, "--calib-patches", "6",
+                "--calib-method", "minmax", check=True)
+    assert "INT8" in r.stdout and out.is_file()
+    patches = E.calibration_patches(d, 2, 6, lr_patch=32)
+    assert len(patches) == 6 and {p.shape for p in patches} == {(1, 3, 32, 32)}
+    assert_one_line_error(run_cli("export", "--weights", ckpt, "-o", tmp_path / "r.onnx", "--int8", "--calib",
+                                  tmp_path / "nothing"), contains="calib")
+
+
+@needs_shared
+def test_int8_psnr_on_a_set5_image_within_bound():
+    """Official x2 weights, 24 T91 calibration patches (percentile ranges, the export default); the smallest
+    Set5 image. (The whole Set5/Set14 table at every scale: benchmarks/int8_psnr.py.)"""
+    from lesrcnn.data import find_dataset, load_pair
+    from lesrcnn.metrics import psnr_y, to_uint8
+
+    ck = W.load(official(2))
+    calib = SHARED / "data" / "train" / "T91"
+    if not calib.is_dir():
+        pytest.skip("T91 not in shared")
+    proto = E.build_onnx(ck.model, 2)
+    q = E.quantize_int8(proto, E.calibration_patches(calib, 2, 24))
+    ds = find_dataset(SHARED / "data" / "benchmarks" / "Set5", 2)
+    pair = min(ds.pairs, key=lambda p: p.hr.stat().st_size)  # the smallest image, for speed
+    hr, lr = load_pair(pair, 2)
+    x = np.ascontiguousarray(lr.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255)
+    p32 = psnr_y(to_uint8(E.onnx_runner(ck, 2, ["CPUExecutionProvider"])(x)[0].transpose(1, 2, 0)), hr, 2)
+    p8 = psnr_y(to_uint8(E.session(q, ["CPUExecutionProvider"]).run(None, {"input": x})[0][0].transpose(1, 2, 0)),
+                hr, 2)
+    assert p32 - p8 <= 0.10, (p32, p8)
+    assert p8 > 30
