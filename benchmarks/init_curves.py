@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--every", type=int, default=25)
     ap.add_argument("--out", default="/tmp/init_curves")
+    ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
     curves = {}
     for init in ("random", "interp"):
@@ -35,7 +36,7 @@ def main() -> None:
                 f.unlink()
         cfg = Config(data=a.data, out=str(out), scale=a.scale, steps=a.steps, batch=16, patch=48, lr=1e-3,
                      schedule="cosine", warmup=min(50, a.steps // 10), loss="l1", init=init, val=[a.val],
-                     val_every=a.every, save_every=10**9, seed=0)
+                     val_every=a.every, save_every=10**9, seed=0, threads=a.threads)
         torch.manual_seed(0)  # the same start the run will build
         m = build(int(a.scale))
         m = init_interpolation(m) if init == "interp" else m

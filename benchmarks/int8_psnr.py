@@ -55,24 +55,26 @@ def main() -> None:
     ap.add_argument("--calib")
     ap.add_argument("--patches", type=int, default=48)
     ap.add_argument("--method", default="percentile", choices=["minmax", "percentile", "entropy"])
-    ap.add_argument("--no-exclude-io", action="store_true")
+    ap.add_argument("--no-equalise", action="store_true")
     a = ap.parse_args()
     sh = shared_dir(a.shared)
     wdir = Path(a.weights_dir) if a.weights_dir else sh / "weights" / "official"
     calib = a.calib or str(sh / "data" / "train" / "T91")
     import onnxruntime
 
-    print(f"# INT8 (static QDQ, u8 activations, s8 per-channel weights, {a.method} calibration on {a.patches} "
-          f"LR patches from {Path(calib).name}{'' if a.no_exclude_io else ', first/last conv kept fp32'}) vs fp32, "
-          f"ONNX Runtime {onnxruntime.__version__} CPU; PSNR/SSIM on Y, border = scale, truncation")
+    print(f"# INT8 = `lesrcnn export --int8 --calib {Path(calib).name}` defaults: static QDQ, u8 activations, s8 "
+          f"per-channel weights, {a.method} calibration on {a.patches} LR patches"
+          f"{'' if a.no_equalise else ', cross-layer channel equalisation'}, first/last conv kept fp32")
+    print(f"# fp32 = the exported ONNX model (same numbers as `lesrcnn eval`); ONNX Runtime {onnxruntime.__version__} "
+          "CPU; PSNR/SSIM on Y, border = scale, truncation to uint8 (the paper's protocol)")
     print(f"{'dataset':<8} {'scale':>5} {'fp32 PSNR':>10} {'INT8 PSNR':>10} {'dPSNR':>7} {'fp32 SSIM':>10} "
           f"{'INT8 SSIM':>10}")
     for s in [int(v) for v in a.scales.split(",")]:
         ck = W.load(wdir / f"lesrcnn_x{s}.pth")
         proto = E.build_onnx(ck.model, s)
         t = time.time()
-        q = E.quantize_int8(proto, E.calibration_patches(calib, s, a.patches), method=a.method,
-                            exclude_io=not a.no_exclude_io)
+        q = E.int8_model(ck.model, s, E.calibration_patches(calib, s, a.patches), method=a.method,
+                         equalise=not a.no_equalise)
         tq = time.time() - t
         run32 = E._wrap(E.session(proto, ["CPUExecutionProvider"]))
         run8 = E._wrap(E.session(q, ["CPUExecutionProvider"]))

@@ -15,6 +15,7 @@ weights, static activation ranges calibrated on LR patches cut from a folder of 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -304,16 +305,18 @@ def synthetic_patches(count: int = 16, lr_patch: int = 64, seed: int = 0) -> lis
     return out
 
 
-def equalize(model, patches: Iterable[np.ndarray], scale: int, beta: float = 1.0, q: float = 1.0):
+def equalize(model, patches: Iterable[np.ndarray], scale: int, beta: float = 1.0, q: float = 0.9999,
+             max_gain: float = 4.0):
     """A copy of ``model`` computing the same function (exactly, up to float rounding) whose
     ReLU-separated channels have balanced activation ranges, for per-tensor INT8 activations.
 
     Cross-layer equalisation (Nagel et al., ICCV 2019): ReLU is positively homogeneous, so output
     channel c of a convolution may be multiplied by s_c > 0 and the next convolution's input
-    channel c divided by s_c. With s_c = (M / m_c) ** beta, m_c the channel's calibrated range
-    (quantile ``q``) and M the largest, weak channels get more of the 256 activation levels;
-    beta = 0.5 shares the change with the next layer's per-channel weight scales. Applied to the
-    IEEB's 3x3 -> 1x1 pairs and to the HR chain RB -> IRB -> last conv."""
+    channel c divided by s_c. Here s_c = min((M / m_c) ** beta, max_gain), m_c the channel's
+    calibrated range (quantile ``q`` of its activations on ``patches``) and M the largest: weak
+    channels get more of the 256 activation levels, and the cap keeps the next layer's
+    per-channel weight quantisation from losing them. Applied to the IEEB's 3x3 -> 1x1 pairs and
+    to the HR chain RB -> IRB -> last conv (through the PixelShuffle)."""
     import copy
 
     import torch
@@ -328,6 +331,7 @@ def equalize(model, patches: Iterable[np.ndarray], scale: int, beta: float = 1.0
     chain = [up_last] + list(m.irb) + [m.tail]
     pairs += [(a, b, r if a is up_last else 1) for a, b in zip(chain[:-1], chain[1:])]
     stats: dict = {id(b): [] for _, b, _ in pairs}
+
     def channel_range(v: torch.Tensor) -> torch.Tensor:
         v = v.detach().transpose(0, 1).flatten(1).float()
         return v.amax(1) if q >= 1 else torch.quantile(v[:, ::7], q, dim=1)
@@ -345,7 +349,7 @@ def equalize(model, patches: Iterable[np.ndarray], scale: int, beta: float = 1.0
             rng = torch.stack(stats[id(b)]).amax(0).double()
             ok = rng > rng.max() * 1e-4
             s = torch.ones_like(rng)
-            s[ok] = (rng.max() / rng[ok]) ** beta
+            s[ok] = ((rng.max() / rng[ok]) ** beta).clamp(max=max_gain)
             s_out = s.repeat_interleave(sub) if sub > 1 else s  # PixelShuffle: channel c <- c*r^2 .. c*r^2+r^2-1
             a.weight.mul_(s_out.view(-1, 1, 1, 1).to(a.weight.dtype))
             if a.bias is not None:
@@ -377,7 +381,7 @@ def quantize_int8(proto, patches: Iterable[np.ndarray], per_channel: bool = True
             return None if x is None else {INPUT: x}
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile, "mse": CalibrationMethod.MinMax}
+               "percentile": CalibrationMethod.Percentile}
     if method not in methods:
         raise LesrcnnError(f"unknown calibration method {method!r}")
     exclude = (["head", "tail"] if exclude_io else []) + list(exclude)
@@ -389,11 +393,10 @@ def quantize_int8(proto, patches: Iterable[np.ndarray], per_channel: bool = True
         except Exception:
             pre = src
         extra = {"CalibTensorRangeSymmetric": False, "CalibPercentile": percentile}
-        if method == "mse":
-            extra["TensorQuantOverrides"] = _mse_ranges(pre, patches, Path(d))
-        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method], nodes_to_exclude=exclude, extra_options=extra)
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):  # calibrators print on stdout
+            quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=methods[method], nodes_to_exclude=exclude, extra_options=extra)
         q = onnx.load(str(dst))
     props = {p.key: p.value for p in proto.metadata_props}
     props.update(precision="int8", quantization=f"static QDQ, u8 activations, s8 {'per-channel' if per_channel else 'per-tensor'} "
@@ -403,48 +406,19 @@ def quantize_int8(proto, patches: Iterable[np.ndarray], per_channel: bool = True
     return q
 
 
-def _mse_ranges(model_path: Path, patches: list[np.ndarray], tmp: Path, bins: int = 4096) -> dict:
-    """Per-tensor [rmin, rmax] minimising the expected uint8 quantisation MSE (rounding noise
-    step^2/12 inside the range, squared clipping error outside) over each activation's histogram."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
-
-    cal = create_calibrator(str(model_path), None, augmented_model_path=str(tmp / "aug.onnx"),
-                            calibrate_method=CalibrationMethod.Percentile,
-                            extra_options={"symmetric": False, "num_bins": bins})
-    cal.collect_data(_ListReader(patches))
-    out = {}
-    for name, (hist, edges, vmin, vmax, *_rest) in cal.collector.histogram_dict.items():
-        hist = hist.astype(np.float64)
-        centers = (edges[:-1] + edges[1:]) / 2
-        lo0, hi0 = float(min(vmin, 0.0)), float(max(vmax, 0.0))
-        if hi0 - lo0 <= 0:
-            continue
-        best, best_err = 1.0, np.inf
-        for alpha in np.linspace(0.02, 1.0, 197):
-            lo, hi = lo0 * alpha, hi0 * alpha
-            step = (hi - lo) / 255.0
-            clipped = np.clip(centers, lo, hi)
-            inside = (centers >= lo) & (centers <= hi) & (np.abs(centers) > step / 2)  # ~exact zeros: no noise
-            err = float((hist * (centers - clipped) ** 2).sum() + hist[inside].sum() * step * step / 12)
-            if err < best_err:
-                best, best_err = alpha, err
-        out[name] = [{"rmin": np.float32(lo0 * best), "rmax": np.float32(hi0 * best)}]
-    return out
-
-
-class _ListReader:
-    def __init__(self, patches):
-        self.it = iter(patches)
-
-    def get_next(self):
-        x = next(self.it, None)
-        return None if x is None else {INPUT: x}
-
-    def rewind(self):
-        pass
-
-    def set_range(self, start_index, end_index):
-        pass
+def int8_model(model, scale: int, patches: list[np.ndarray], method: str = "percentile", equalise: bool = True,
+               opset: int = DEFAULT_OPSET, metadata: dict | None = None):
+    """What ``lesrcnn export --int8`` writes: (optionally) channel-equalised copy of the network,
+    exported to ONNX, then statically quantised with ranges calibrated on ``patches``."""
+    src = equalize(model, patches, scale) if equalise else model
+    proto = build_onnx(src, scale, opset=opset, metadata=metadata)
+    q = quantize_int8(proto, patches, method=method)
+    if equalise:
+        props = {p.key: p.value for p in q.metadata_props}
+        props["quantization"] += ", cross-layer channel equalisation"
+        del q.metadata_props[:]
+        _need_onnx().helper.set_model_props(q, props)
+    return q
 
 
 # --- files and the command -----------------------------------------------------------------------
@@ -457,6 +431,9 @@ def save_onnx(proto, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(proto.SerializeToString())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a normal file's mode instead
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -492,6 +469,9 @@ def add_export(sub) -> None:
     p.add_argument("--calib-patches", type=int, default=48, help="number of calibration patches (default 48)")
     p.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="percentile",
                    help="activation ranges: percentile (99.99%%, default), minmax or entropy")
+    p.add_argument("--no-equalise", action="store_true",
+                   help="INT8 without cross-layer channel equalisation (on by default: exact in fp32, "
+                        "less INT8 error)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.set_defaults(func=cmd_export)
@@ -530,9 +510,11 @@ def cmd_export(a) -> int:
                                    "nothing written")
             note = f", max |ORT - PyTorch| = {diff:.2e}"
         if a.int8:
-            print(f"x{s}: calibrating INT8 on {a.calib_patches} patches from {a.calib} ...", file=sys.stderr)
+            print(f"x{s}: calibrating INT8 on {a.calib_patches} patches from {a.calib} (a minute or two) ...",
+                  file=sys.stderr)
             patches = calibration_patches(a.calib, s, a.calib_patches)
-            proto = quantize_int8(proto, patches, method=a.calib_method)
+            proto = int8_model(ck.model, s, patches, method=a.calib_method, equalise=not a.no_equalise,
+                               opset=a.opset, metadata={"source": src_name})
             import onnx
             onnx.checker.check_model(proto)
             if not a.no_verify:

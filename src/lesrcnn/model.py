@@ -169,7 +169,16 @@ def _fast_cpu_applies(x: torch.Tensor, w: torch.Tensor) -> bool:
         and not torch.is_grad_enabled()
         and x.is_contiguous(memory_format=torch.channels_last)
         and torch.backends.mkldnn.is_available()
+        and not _compiling()
     )
+
+
+def _compiling() -> bool:
+    """Under torch.compile the module path is traced instead (inductor makes its own fusions)."""
+    try:
+        return bool(torch.compiler.is_compiling())
+    except AttributeError:
+        return False
 
 
 def _packed_weights(model: LESRCNN, up: nn.Module, n: int, h: int, w: int) -> dict:
