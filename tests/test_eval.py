@@ -137,3 +137,12 @@ def test_bad_inputs_one_line_exit_2(tmp_path, interp_weights):
     x2 = W.save(build(2), tmp_path / "x2.safetensors")
     assert_one_line_error(run_cli("eval", "--weights", x2, "--data", mm.parent, "-s", "3"), contains="x3")
     assert_one_line_error(run_cli("eval", "--weights", x2, "--data", mm.parent, "-s", "5"))
+
+
+@needs_shared
+def test_embedded_weights_beat_bicubic_on_set5_x2():
+    ours = json.loads(run_cli("eval", "--data", SHARED / "data/benchmarks/Set5", "-s", "2", "--format", "json",
+                              check=True).stdout)[0]
+    bic = json.loads(run_cli("eval", "--bicubic", "--data", SHARED / "data/benchmarks/Set5", "-s", "2",
+                             "--format", "json", check=True).stdout)[0]
+    assert ours["psnr"] > bic["psnr"] + 1.5 and ours["method"] == "LESRCNN-S"

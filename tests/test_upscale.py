@@ -148,7 +148,7 @@ def test_half_precision_falls_back_on_cpu(wfile):
     assert up.precision == "fp32" and up.dtype == torch.float32
 
 
-def test_bad_arguments(wfile, tmp_path):
+def test_bad_arguments(wfile, tmp_path, monkeypatch):
     with pytest.raises(LesrcnnError, match="scale"):
         Upscaler(5, wfile)
     m2 = W.save(build(2), tmp_path / "x2.safetensors")
@@ -156,10 +156,11 @@ def test_bad_arguments(wfile, tmp_path):
         Upscaler(3, m2)
     with pytest.raises(LesrcnnError, match="not found"):
         Upscaler(2, tmp_path / "missing.safetensors")
+    monkeypatch.setitem(W.PRETRAINED, W.DEFAULT_WEIGHTS,
+                        dict(W.PRETRAINED[W.DEFAULT_WEIGHTS], file="absent.safetensors"))
     with pytest.raises(LesrcnnError, match="--weights"):
-        if W.embedded_path(W.DEFAULT_WEIGHTS).is_file():
-            pytest.skip("embedded weights present")
         Upscaler(2)
+    monkeypatch.undo()
     with pytest.raises(LesrcnnError, match="tile"):
         Upscaler(2, wfile, tile=3)
     up = Upscaler(2, wfile, tile=0)
@@ -339,11 +340,11 @@ def test_cli_errors_are_one_line(wfile, tmp_path, case):
     assert r.stdout == "" and not (tmp_path / "out.png").exists()
 
 
-def test_cli_says_weights_are_needed_until_they_ship(tmp_path):
-    if W.embedded_path(W.DEFAULT_WEIGHTS).is_file():
-        pytest.skip("embedded weights present")
-    f = _save(tmp_path / "a.png", natural_image(8, 8))
-    assert_one_line_error(run_cli("upscale", f, "-o", tmp_path / "b.png"), 2, "--weights")
+def test_cli_uses_the_embedded_weights_by_default(tmp_path):
+    f = _save(tmp_path / "a.png", natural_image(12, 10))
+    r = run_cli("upscale", f, "-o", tmp_path / "b.png", "-s", "3")
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "b.png").size == (30, 36)
 
 
 @needs_shared

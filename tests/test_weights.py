@@ -112,3 +112,17 @@ def test_convert_and_info_cli(tmp_path):
     assert "x3" in r.stdout and "810,944" in r.stdout
     assert_one_line_error(run_cli("convert", official(3), "-o", out), contains="exists")
     assert_one_line_error(run_cli("info", tmp_path / "missing.safetensors"), contains="not found")
+
+
+def test_embedded_weights_ship_with_the_package_and_are_verified(tmp_path, monkeypatch):
+    ck = W.load(None)
+    assert ck.scales == (2, 3, 4) and ck.num_parameters == 1_254_080
+    prov = ck.metadata["provenance"]
+    assert prov["trained_by"].startswith("lesrcnn") and prov["steps"] > 0 and prov["measured"]["results"]
+    assert W.sha256(W.embedded_path("lesrcnn-s")) == W.PRETRAINED["lesrcnn-s"]["sha256"]
+    monkeypatch.setitem(W.PRETRAINED, "lesrcnn-s", dict(W.PRETRAINED["lesrcnn-s"], sha256="0" * 64))
+    with pytest.raises(LesrcnnError, match="corrupt"):
+        W.load(None)
+    monkeypatch.setitem(W.PRETRAINED, "lesrcnn-s", dict(W.PRETRAINED["lesrcnn-s"], file="missing.safetensors"))
+    with pytest.raises(LesrcnnError, match="--weights"):
+        W.load(None)

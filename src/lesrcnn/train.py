@@ -211,6 +211,7 @@ def atomic_torch_save(obj, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o644)
         torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -28,6 +28,7 @@ FORMAT_VERSION = "1"
 # Weights that ship inside the package (trained by this project's own code, see README).
 PRETRAINED: dict[str, dict] = {
     "lesrcnn-s": {"file": "lesrcnn_s.safetensors", "scales": (2, 3, 4),
+                  "sha256": "8e018a6504a5f74c77514c4580140e1f15938bc4624b97d36109c8ace7a2bf8e",
                   "about": "multi-scale LESRCNN-S trained from scratch by `lesrcnn train` on T91+BSD200"},
 }
 DEFAULT_WEIGHTS = "lesrcnn-s"
@@ -148,12 +149,19 @@ def save(model: LESRCNN, path: str | os.PathLike, provenance: dict | None = None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -198,6 +206,9 @@ def load(spec: str | os.PathLike | None = None, scale: int | None = None) -> Che
         path = embedded_path(spec)
         if not path.is_file():
             raise LesrcnnError(f"the embedded weights '{spec}' are not in this installation; pass --weights FILE")
+        want = PRETRAINED[spec].get("sha256")
+        if want and sha256(path) != want:
+            raise LesrcnnError(f"the embedded weights file {path} is corrupt (sha256 mismatch); reinstall lesrcnn")
     else:
         path = Path(spec)
         if not path.exists():
