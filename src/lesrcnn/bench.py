@@ -389,7 +389,9 @@ def format_table(rows: list[dict], info: dict) -> str:
                 if "gemm_cpu_by_library" in info else "")
              + f"; at the end: cpu {info['peaks_gflops_end']['cpu']:.0f}",
              "# seconds: median per image after warm-up; GFLOP/s: FLOPs of the released network / time; "
-             "peak%: of the GEMM peak",
+             "peak%: of the GEMM peak"
+             + ("; RSS: the whole process (--interleave: every backend loaded at once)"
+                if any(r.get("rss_scope") == "process" for r in rows) else "; RSS: peak of the case's own process"),
              f"{'backend':<11} {'scale':>5} {'HR size':>9} {'seconds':>9} {'MP/s':>7} {'GFLOP/s':>8} {'peak%':>6} "
              f"{'vs eager':>8} {'RSS MB':>8}"]
     base = {(r["scale"], r["size"]): r["seconds"] for r in rows if r["backend"] == "eager-nchw"}

@@ -120,18 +120,20 @@ class LESRCNN(nn.Module):
             if y is not None:
                 return y
         mean = self.mean.to(x.dtype)
-        h0 = F.relu(self.head(x - mean))
+        # In-place ReLUs act on fresh conv/sum outputs only (never on h or h0 themselves, which
+        # are reused): same function, less memory traffic in training.
+        h0 = F.relu(self.head(x - mean), inplace=True)
         h = h0
         for c3, c1 in zip(self.body3, self.body1):
-            t = c1(F.relu(c3(h)))
-            h = F.relu(h + t) if self.v.residual else F.relu(t)
+            t = c1(F.relu(c3(h), inplace=True))
+            h = F.relu(h + t, inplace=True) if self.v.residual else F.relu(t, inplace=True)
         if self.v.local_fusion:
             r = up.forward_sum(h, h0) if self.fuse_rb else up(h) + up(h0)
         else:
             r = up(h)
-        r = F.relu(r)
+        r = F.relu(r, inplace=True)
         for c in self.irb:
-            r = F.relu(c(r))
+            r = F.relu(c(r), inplace=True)
         return self.tail(r) + mean
 
     def num_parameters(self) -> int:
