@@ -7,13 +7,16 @@ speed), that figure as a fraction of the fp32 GEMM peak measured in the same run
 threads (a large single-precision matrix multiply; bf16/fp16 GPU rows use that dtype's GEMM
 peak) and the peak resident memory.
 
-Backends: ``eager-nchw`` (the released code's way: plain NCHW modules, unfused RB), ``torch``
-(our default path: channels-last, fused oneDNN convolutions), ``onnx`` (ONNX Runtime fp32, CPU),
+Backends: ``eager-nchw`` (the released code's way: plain NCHW modules, unfused RB, default
+allocator), ``torch`` (our default path, ``upscale.prepare``: channels-last, fused oneDNN
+convolutions, allocator that reuses buffers), ``onnx`` (ONNX Runtime fp32, CPU),
 ``onnx-int8`` (ONNX Runtime, static INT8 QDQ, CPU) and, with a CUDA GPU, ``cuda-fp32`` (TF32
 off), ``cuda-bf16``, ``cuda-fp16``, timed with device synchronisation (input already on the
 device). By default each case runs in its own process so that its peak RSS is its own;
 ``--interleave`` runs all backends of a size in one process, alternating their timed runs (fair
-ratios on a busy machine; RSS is then the process's).
+ratios on a busy machine; RSS is then the process's, ONNX Runtime's threads do not spin, and the
+allocator tuning of the ``torch`` backend, being process-wide, speeds up ``eager-nchw`` too, so
+its "vs eager" ratios compare the layers alone).
 """
 from __future__ import annotations
 
@@ -116,7 +119,8 @@ def load_model(weights: str | None, scale: int):
     return init_interpolation(build(scale), seed=0).eval()
 
 
-def make_runner(backend: str, model, scale: int, lr: int, threads: int, onnx_file: str | None = None):
+def make_runner(backend: str, model, scale: int, lr: int, threads: int, onnx_file: str | None = None,
+                shared_process: bool = False):
     """A no-argument callable that super-resolves one prepared lr x lr image (synchronised)."""
     import copy
 
@@ -143,7 +147,7 @@ def make_runner(backend: str, model, scale: int, lr: int, threads: int, onnx_fil
     if backend in ("onnx", "onnx-int8"):
         from .export import session
 
-        sess = session(onnx_file, ["CPUExecutionProvider"], threads=threads)
+        sess = session(onnx_file, ["CPUExecutionProvider"], threads=threads, spin=not shared_process)
         xn = x.numpy()
         return lambda: sess.run(None, {"input": xn})[0]
     if backend in GPU_BACKENDS:
@@ -179,9 +183,18 @@ def time_runner(run, warmup: int, repeat: int) -> list[float]:
 
 
 def _max_rss_mb() -> float:
+    """Peak RSS of this process image. VmHWM, not getrusage's ru_maxrss: Linux carries the
+    latter over exec from the forked parent, so a child would report at least the parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 if sys.platform != "darwin" else 2**20)
 
 
 class RssSampler:
@@ -354,7 +367,7 @@ def _interleaved(model, s, size, lr, backends, files, peaks, threads, repeat, wa
     runners = {}
     for b in backends:
         try:
-            runners[b] = make_runner(b, model, s, lr, threads, files.get(b))
+            runners[b] = make_runner(b, model, s, lr, threads, files.get(b), shared_process=True)
             for _ in range(warmup):
                 runners[b]()
         except (LesrcnnError, RuntimeError) as e:

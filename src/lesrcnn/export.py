@@ -156,7 +156,7 @@ def default_providers() -> list[str]:
     return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in avail else []) + ["CPUExecutionProvider"]
 
 
-def session(model, providers: list[str] | None = None, threads: int = 0):
+def session(model, providers: list[str] | None = None, threads: int = 0, spin: bool = True):
     """An InferenceSession on a ModelProto, serialized bytes or a path; all graph optimisations on
     (they add the Conv+ReLU/Add fusions and the NCHWc layout on CPU)."""
     ort = _need_ort()
@@ -165,6 +165,8 @@ def session(model, providers: list[str] | None = None, threads: int = 0):
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    if not spin:  # idle pool threads sleep at once instead of spinning (fair when sharing the CPU)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     src = model if isinstance(model, (bytes, str, os.PathLike)) else model.SerializeToString()
     if isinstance(src, os.PathLike):
         src = str(src)

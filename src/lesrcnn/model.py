@@ -232,7 +232,7 @@ def _fast_cpu_forward(model: LESRCNN, x: torch.Tensor, up: nn.Module) -> torch.T
         one, pad1 = [1, 1], [1, 1]
         h0 = conv(x - model.mean, P["head"], None, pad1, one, one, 1, "relu", [], "")
         t_pad = [model.body1[0].padding[0]] * 2 if len(model.body1) else pad1
-        g = h0
+        g = t = h0
         for i, (w3, w1) in enumerate(zip(P["body3"], P["body1"])):
             t = conv(g, w3, None, pad1, one, one, 1, "relu", [], "")
             if not model.v.residual:
@@ -242,6 +242,7 @@ def _fast_cpu_forward(model: LESRCNN, x: torch.Tensor, up: nn.Module) -> torch.T
             else:  # g <- relu(g + conv1x1(t)), accumulated into g
                 g = conv_add_(g, t, w1, None, t_pad, one, one, 1, "add", 1.0, "relu", [], "")
         r = g + h0 if model.v.local_fusion else g
+        del g, h0, t  # free the LR maps before the HR ones are allocated (peak memory)
         convs = [i for i, (kind, _, _) in enumerate(P["up"]) if kind == "conv"]
         for i, (kind, a, b) in enumerate(P["up"]):
             if kind == "conv":

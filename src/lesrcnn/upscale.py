@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import warnings
 from collections import defaultdict
 from dataclasses import replace
@@ -41,9 +42,42 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def prepare(model: LESRCNN, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LESRCNN:
-    """Eval mode, channels-last (the fast layout for these 3x3 convolutions on CPU and GPU)."""
+    """Eval mode, channels-last (the fast layout for these 3x3 convolutions on CPU and GPU); on
+    CPU, channels-last float32 inputs then take the fused oneDNN path of ``LESRCNN.forward``, and
+    the allocator keeps activation buffers for reuse (:func:`tune_cpu_allocator`)."""
     model = model.eval().to(device=device, dtype=dtype)
+    if torch.device(device).type == "cpu":
+        tune_cpu_allocator()
     return model.to(memory_format=torch.channels_last)
+
+
+_ALLOCATOR = {"tuned": None}
+
+
+def tune_cpu_allocator() -> bool:
+    """Make glibc keep freed activation buffers instead of unmapping them.
+
+    Each layer's output (64 MB for a 512x512x64 float32 map) is above glibc's mmap threshold, so
+    by default every allocation is a fresh mapping whose pages are faulted in and zeroed by the
+    kernel, and every free unmaps it: ~15% of the CPU inference time (more in VMs). Raising the
+    mmap and trim thresholds (mallopt) serves them from the heap and reuses the memory for the
+    next layer and image, like ONNX Runtime's arena; the process keeps its peak heap in exchange.
+    Process-wide, once; glibc only; ``LESRCNN_MALLOC_TUNING=0`` disables it."""
+    if _ALLOCATOR["tuned"] is not None:
+        return bool(_ALLOCATOR["tuned"])
+    _ALLOCATOR["tuned"] = False
+    if os.environ.get("LESRCNN_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+        _ALLOCATOR["tuned"] = bool(ok)
+    except (OSError, AttributeError):
+        pass
+    return bool(_ALLOCATOR["tuned"])
 
 
 def default_overlap(model: LESRCNN) -> int:
