@@ -1,80 +1,141 @@
-"""Training throughput: our loop's step vs a plain NCHW eager PyTorch step of the same network.
+"""Training throughput (HR pixels per second): the new loop against the previous one, in one run.
 
-Both steps do the same work (forward, loss, backward, clip, Adam) on the same batches; they are
-interleaved in one run so that machine noise hits both alike. Prints HR pixels per second.
+- new: images in (device) memory, patches gathered there (lesrcnn.train_data.PatchSampler), and
+  lesrcnn.train_loop.Trainer.train_step: no host sync per step, fused Adam and bf16 autocast on
+  CUDA, channels-last, EMA;
+- previous: the per-patch numpy crop loop, a host-to-device copy per step, fp32, ``loss.item()``
+  and a finiteness check every step (what `lesrcnn train` did before).
+Both train the same multi-scale network on the same images; rounds are interleaved so machine
+noise hits both alike.
 
-    python benchmarks/bench_train.py [--scale 2] [--batch 16] [--patch 48] [--rounds 5]
+    python benchmarks/bench_train.py [--device auto] [--batch 64] [--hr-patch 96] [--steps 10] [--rounds 3]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lesrcnn.model import build
-from lesrcnn.train import PatchSampler, to_tensor
+from lesrcnn.model import LESRCNN
+from lesrcnn.resize import imresize
+from lesrcnn.train import Options
+from lesrcnn.train_data import PatchSampler, load_images
+from lesrcnn.train_loop import Context, RunDir, Trainer
+from lesrcnn.upscale import pick_device
 
 
-def step_fn(model, opt, channels_last: bool):
-    def step(lr_np, hr_np):
-        if channels_last:
-            x, y = to_tensor(lr_np, torch.device("cpu")), to_tensor(hr_np, torch.device("cpu"))
-        else:
-            x = torch.from_numpy(lr_np).permute(0, 3, 1, 2).float().div(255).contiguous()
-            y = torch.from_numpy(hr_np).permute(0, 3, 1, 2).float().div(255).contiguous()
-        loss = F.l1_loss(model(x), y)
-        opt.zero_grad(set_to_none=True)
+def synthetic(n: int, side: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:side, 0:side] / side
+    out = []
+    for _ in range(n):
+        f = rng.uniform(3, 20, 6)
+        img = np.stack([np.sin(f[c] * x + f[c + 3] * y + c) for c in range(3)], -1) * 100 + 128
+        out.append(np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8))
+    return out
+
+
+class PreviousLoop:
+    """The loop as it was: numpy crops per patch, one upload per step, a host sync per step."""
+
+    def __init__(self, hrs, lrs, lr_patch, device):
+        self.hrs, self.lrs, self.lr_patch, self.device = hrs, lrs, lr_patch, device
+        torch.manual_seed(0)
+        self.model = LESRCNN(scales=tuple(lr_patch)).to(device).to(memory_format=torch.channels_last)
+        self.opt = torch.optim.Adam(self.model.parameters(), 1e-4)
+        areas = np.array([h.shape[0] * h.shape[1] for h in hrs], dtype=np.float64)
+        self.p = areas / areas.sum()
+
+    def batch(self, rng, n):
+        s = int(list(self.lr_patch)[rng.integers(len(self.lr_patch))])
+        ps = self.lr_patch[s]
+        lrs, hrs = np.empty((n, ps, ps, 3), np.uint8), np.empty((n, ps * s, ps * s, 3), np.uint8)
+        for k, i in enumerate(rng.choice(len(self.hrs), size=n, p=self.p)):
+            lr, hr = self.lrs[s][i], self.hrs[i]
+            y, x = int(rng.integers(lr.shape[0] - ps + 1)), int(rng.integers(lr.shape[1] - ps + 1))
+            a, b = lr[y:y + ps, x:x + ps], hr[y * s:(y + ps) * s, x * s:(x + ps) * s]
+            fh, fv, rot = rng.integers(2, size=3)
+            a, b = (a[:, ::-1], b[:, ::-1]) if fh else (a, b)
+            a, b = (a[::-1], b[::-1]) if fv else (a, b)
+            lrs[k], hrs[k] = (a.transpose(1, 0, 2), b.transpose(1, 0, 2)) if rot else (a, b)
+        up = lambda a: torch.from_numpy(a).to(self.device).permute(0, 3, 1, 2).float().div_(255)  # noqa: E731
+        cl = torch.channels_last
+        return s, up(lrs).contiguous(memory_format=cl), up(hrs).contiguous(memory_format=cl)
+
+    def step(self, rng, n):
+        s, x, y = self.batch(rng, n)
+        loss = F.l1_loss(self.model(x, s), y)
+        if not torch.isfinite(loss):
+            raise RuntimeError("non-finite")
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
-    return step
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+        self.opt.step()
+        return loss.item()
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--scale", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--patch", type=int, default=48)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--data", default=None, help="HR folder for the data-path measurement (optional)")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--hr-patch", type=int, default=96)
+    ap.add_argument("--steps", type=int, default=10, help="steps per round and loop")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--data", action="append", help="HR folders (default: 24 synthetic 320x320 images)")
+    ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dev = pick_device(a.device)
+    lr_patch = {s: a.hr_patch // s for s in (2, 3, 4)}
+    if a.data:
+        hrs, lrs = load_images(a.data, (2, 3, 4), {s: p * s for s, p in lr_patch.items()}, True, log=print)
+    else:
+        hrs = synthetic(24, 320)
+        lrs = {s: [imresize(h[:h.shape[0] // s * s, :h.shape[1] // s * s], 1 / s) for h in hrs] for s in (2, 3, 4)}
+    opts = Options(data=["-"], out=tempfile.mkdtemp(), scale="multi", batch=a.batch, hr_patch=a.hr_patch, loss="l1",
+                   ema=0.999, precision="bf16" if dev.type == "cuda" else "fp32")
     torch.manual_seed(0)
-    ours = build(a.scale).to(memory_format=torch.channels_last)
-    ours.fuse_rb = True
-    plain = build(a.scale)
-    plain.fuse_rb = False
-    steps = {"ours (channels-last, fused RB)": step_fn(ours, torch.optim.Adam(ours.parameters(), 1e-4), True),
-             "plain NCHW eager": step_fn(plain, torch.optim.Adam(plain.parameters(), 1e-4), False)}
-    rng = np.random.default_rng(0)
-    s, p = a.scale, a.patch
-    lr = rng.integers(0, 256, (a.batch, p, p, 3), dtype=np.uint8)
-    hr = rng.integers(0, 256, (a.batch, p * s, p * s, 3), dtype=np.uint8)
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for name, fn in steps.items():  # warm-up
-        fn(lr, hr)
+    t = Trainer(opts, Context(dev, 0, 1, print), RunDir(Path(opts.out)),
+                LESRCNN(scales=(2, 3, 4)).to(dev).to(memory_format=torch.channels_last), [])
+    t.sampler = PatchSampler(hrs, lrs, lr_patch, dev)
+    old, rng_old = PreviousLoop(hrs, lrs, lr_patch, dev), np.random.default_rng(1)
+
+    def new_steps():
+        for _ in range(a.steps):
+            t.train_step(*t.sampler.batch(t.rng, a.batch))
+
+    def old_steps():
+        for _ in range(a.steps):
+            old.step(rng_old, a.batch)
+
+    loops = {"new (device patches, no sync)": new_steps, "previous (numpy crops, sync/step)": old_steps}
+    times: dict[str, list[float]] = {k: [] for k in loops}
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    for fn in loops.values():  # warm-up
+        fn()
     for _ in range(a.rounds):
-        for name, fn in steps.items():
-            t = time.perf_counter()
-            fn(lr, hr)
-            times[name].append(time.perf_counter() - t)
-    hr_px = a.batch * (p * s) ** 2
-    print(f"x{s}, batch {a.batch}, LR patch {p}, {torch.get_num_threads()} threads, median of {a.rounds}")
+        for name, fn in loops.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append((time.perf_counter() - t0) / a.steps)
+    hr_px = a.batch * a.hr_patch ** 2
+    hw = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{hw}: multi-scale LESRCNN-S, batch {a.batch}, HR patch {a.hr_patch}, {a.steps} steps x {a.rounds} rounds, "
+          f"median step; new loop precision {opts.precision}")
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():
-        print(f"  {k:<32} {v:7.3f} s/step  {hr_px / v / 1e6:6.3f} HR Mpx/s")
-    names = list(med)
-    print(f"  speed-up: {med[names[1]] / med[names[0]]:.2f}x")
-    if a.data:
-        sampler = PatchSampler([a.data], (s,), {s: p}, log=lambda *x: None)
-        t = time.perf_counter()
-        for _ in range(20):
-            sampler.batch(rng, a.batch)
-        d = (time.perf_counter() - t) / 20
-        print(f"  data path: {d * 1000:.1f} ms/batch = {100 * d / med[names[0]]:.1f}% of a training step")
+        print(f"  {k:<36} {v * 1000:8.1f} ms/step {1 / v:8.3f} steps/s {hr_px / v / 1e3:10.1f} HR kpx/s")
+    new, prev = med.values()
+    print(f"  speed-up: {prev / new:.2f}x")
 
 
 if __name__ == "__main__":

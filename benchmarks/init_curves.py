@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from lesrcnn.model import build, init_interpolation
-from lesrcnn.train import Config, run, validate
+from lesrcnn.train import Config, run
+from lesrcnn.train_loop import load_val_sets, validate
 
 
 def main() -> None:
@@ -36,11 +37,11 @@ def main() -> None:
                 f.unlink()
         cfg = Config(data=a.data, out=str(out), scale=a.scale, steps=a.steps, batch=16, patch=48, lr=1e-3,
                      schedule="cosine", warmup=min(50, a.steps // 10), loss="l1", init=init, val=[a.val],
-                     val_every=a.every, save_every=10**9, seed=0, threads=a.threads)
+                     val_every=a.every, save_every=10**9, log_every=a.every, seed=0, threads=a.threads)
         torch.manual_seed(0)  # the same start the run will build
         m = build(int(a.scale))
         m = init_interpolation(m) if init == "interp" else m
-        start = validate(m, [a.val], (int(a.scale),))["mean"]
+        start = validate(m, load_val_sets(cfg))["mean"]
         run(cfg, log=lambda *x: None)
         rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
         curves[init] = [(0, 0.0, start)] + [(r["step"], r["time"], r["val"]["mean"]) for r in rows if "val" in r]

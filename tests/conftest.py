@@ -20,6 +20,10 @@ def shared_dir() -> Path | None:
     return None
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: takes more than 20 s on 2 CPU cores (CI still runs it)")
+
+
 SHARED = shared_dir()
 needs_shared = pytest.mark.skipif(SHARED is None, reason="../shared (benchmarks, official checkpoints) not found; "
                                                          "set LESRCNN_SHARED to run these")
@@ -69,3 +73,37 @@ def natural_image(h: int, w: int, seed: int = 0) -> np.ndarray:
         img[..., c] = 0.5 + 0.3 * np.sin(fx * x + c) * np.cos(fy * y - c)
     img[(x // 17 + y // 13) % 2 == 0] *= 0.7
     return np.clip(img * 255 + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
+
+
+def run_main(capfd, *args) -> subprocess.CompletedProcess:
+    """The real CLI entry point in this process (torch imported once: fast for large corpora);
+    returns what run_cli returns. Signal handlers the CLI installs are restored afterwards."""
+    import signal
+
+    from lesrcnn.cli import main
+
+    capfd.readouterr()
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse: --help, usage errors
+        code = e.code
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
+
+
+def sha256_tree(*paths: Path) -> dict[str, str]:
+    """sha256 of every file under ``paths`` (symlinks recorded, not followed): inputs before/after."""
+    import hashlib
+
+    out = {}
+    for root in paths:
+        items = [root] if not root.is_dir() or root.is_symlink() else sorted(root.rglob("*"))
+        for p in items:
+            if p.is_symlink():
+                out[str(p)] = "link:" + os.readlink(p)
+            elif p.is_file():
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

@@ -1,12 +1,14 @@
 """The optimised CPU path and ``lesrcnn bench`` (issue 4). Correctness only: never timings."""
+import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from lesrcnn import accel
 from lesrcnn import bench as B
-from lesrcnn import model as M
+from lesrcnn.accel import CpuAccelerator
 from lesrcnn.errors import LesrcnnError
 from lesrcnn.model import VARIANTS, build, init_interpolation
 from lesrcnn.upscale import forward_tiled, prepare
@@ -15,16 +17,14 @@ from conftest import SHARED, assert_one_line_error, needs_shared, official, run_
 
 
 def _both(m, x, s):
-    """(module path: NCHW, unfused; fast path: channels-last, fused oneDNN) outputs."""
+    """(module path: NCHW, unfused; accelerator: channels-last, fused oneDNN) outputs."""
     with torch.no_grad():
-        m.fast_cpu, m.fuse_rb = False, False
-        ref = m(x, s) if m.multiscale else m(x)
-        m.fast_cpu, m.fuse_rb = True, True
-        xc = x.contiguous(memory_format=torch.channels_last)
-        y = m(xc, s) if m.multiscale else m(xc)
+        ref = m(x, s)
+    y = CpuAccelerator(m)(x.contiguous(memory_format=torch.channels_last), s)
     return ref, y
 
 
+@pytest.mark.skipif(not accel.available(), reason="this torch build has no fused oneDNN convolutions")
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("scale", [2, 3, 4, "multi"])
 def test_fast_path_equals_module_path(scale, variant):
@@ -37,43 +37,45 @@ def test_fast_path_equals_module_path(scale, variant):
         ref, y = _both(m, x, s)
         assert y.shape == ref.shape
         assert (y - ref).abs().max() <= 1e-5 * max(1.0, ref.abs().max().item())
-    if M._FAST_STATE["ok"] is False:
-        pytest.skip("oneDNN fused convolutions unavailable in this torch build: module path used")
 
 
-def test_fast_path_follows_weight_changes_and_shapes():
+@pytest.mark.skipif(not accel.available(), reason="this torch build has no fused oneDNN convolutions")
+def test_accelerator_is_a_snapshot_and_handles_shapes():
     m = init_interpolation(build(2), seed=0).eval()
+    acc = CpuAccelerator(m)
     x = torch.rand(1, 3, 12, 12)
-    ref, y = _both(m, x, 2)
+    before = acc(x, 2)
     with torch.no_grad():
-        m.irb[0].weight.mul_(0.5)  # in-place update: the packed weights must be refreshed
-    ref2, y2 = _both(m, x, 2)
-    assert (ref2 - ref).abs().max() > 1e-3
-    assert (y2 - ref2).abs().max() < 1e-5
+        m.irb[0].weight.mul_(0.5)  # the model changes; the accelerator built before does not
+        ref2 = m(x, 2)
+    assert torch.equal(acc(x, 2), before) and (ref2 - before).abs().max() > 1e-3
+    assert (CpuAccelerator(m)(x, 2) - ref2).abs().max() < 1e-5  # a new one follows the new weights
     for h, w in ((5, 9), (12, 12), (7, 3)):  # several cached shapes
         r, y = _both(m, torch.rand(1, 3, h, w), 2)
         assert (y - r).abs().max() < 1e-5
 
 
-def test_autograd_uses_the_module_path():
+def test_forward_is_pure_and_autograd_works():
     m = build(2)
+    assert not any("fast" in k or "fuse" in k for k in vars(m))  # no hidden switches
     x = torch.rand(1, 3, 8, 8).contiguous(memory_format=torch.channels_last)
     y = m(x)
     y.mean().backward()
     assert m.head.weight.grad is not None
 
 
-def test_prepare_and_tiles_use_the_fast_path_with_the_same_result():
+def test_prepare_and_tiles_give_the_same_result():
     m = init_interpolation(build(3), seed=2)
     x = torch.rand(1, 3, 30, 26)
     with torch.no_grad():
-        m.fast_cpu = False
         ref = m(x)
-    m.fast_cpu = True
     pm = prepare(m, "cpu")
     full = forward_tiled(pm, x, 3)
     tiled = forward_tiled(pm, x, 3, tile=14)
     assert (full - ref).abs().max() < 1e-5 and (tiled - ref).abs().max() < 1e-5
+    if accel.available():
+        acc = CpuAccelerator(m)
+        assert (forward_tiled(acc, x, 3, tile=14) - ref).abs().max() < 1e-5
 
 
 @needs_shared
@@ -102,39 +104,37 @@ def test_gemm_peak_and_sizes():
             B._int_list(bad, "scales", {2, 3, 4})
 
 
-def test_bench_cli_json(tmp_path):
-    backends = "eager-nchw,torch"
-    try:
-        import onnxruntime  # noqa: F401
-
-        backends += ",onnx,onnx-int8"
-    except ImportError:
-        pass
+def test_bench_cli_json_and_table(tmp_path):
+    backends = "eager-nchw,torch,onnx"
     r = run_cli("bench", "--scales", "3", "--sizes", "24", "--backends", backends, "--repeat", "2", "--warmup", "0",
-                "--gemm-size", "256", "--json", check=True)
-    rows = json.loads(r.stdout)
-    assert isinstance(rows, list) and len(rows) == len(backends.split(","))
+                "--gemm-size", "256", "--no-file", "--json", check=True)
+    d = json.loads(r.stdout)
+    rows = d["rows"]
     keys = {"backend", "scale", "size", "seconds", "mpx_per_s", "gflops", "peak_fraction", "peak_rss_mb"}
     for row in rows:
         assert keys <= set(row)
-        assert row["seconds"] > 0 and row["mpx_per_s"] > 0 and row["gflops"] > 0 and row["peak_fraction"] > 0
-        assert row["peak_rss_mb"] > 10 and row["size"] == 24
-    assert {(r["backend"], r["scale"]) for r in rows} == {(b, 3) for b in backends.split(",")}
-    x3 = next(r for r in rows if r["scale"] == 3)
-    assert x3["hr"] == [24, 24] and x3["lr"] == [8, 8]
-
-
-def test_bench_cli_table_interleaved_and_errors():
+        assert row["seconds"] > 0 and row["gflops"] > 0 and row["peak_fraction"] > 0 and row["peak_rss_mb"] > 10
+        assert row["hr"] == [24, 24] and row["lr"] == [8, 8]
+    measured = {row["backend"] for row in rows}
+    assert {"eager-nchw", "torch"} <= measured
+    assert ("onnx" in measured) == (importlib.util.find_spec("onnxruntime") is not None)
+    assert any("auto (fp32, cpu) picks" in line for line in d["auto"])
     r = run_cli("bench", "--scales", "2,4", "--sizes", "16", "--backends", "eager-nchw,torch", "--repeat", "1",
-                "--interleave", "--gemm-size", "256", check=True)
-    assert "eager-nchw" in r.stdout and "GEMM peak" in r.stdout and "vs eager" in r.stdout
+                "--gemm-size", "256", "--no-file", check=True)
+    assert "eager-nchw" in r.stdout and "GEMM peak" in r.stdout and "vs eager" in r.stdout and "picks" in r.stdout
     assert_one_line_error(run_cli("bench", "--backends", "tpu"), contains="unknown")
     assert_one_line_error(run_cli("bench", "--scales", "5"), contains="scales")
     assert_one_line_error(run_cli("bench", "--sizes", "x"), contains="sizes")
     if not torch.cuda.is_available():
-        r = run_cli("bench", "--backends", "cuda-fp16", "--sizes", "16", "--scales", "2")
+        r = run_cli("bench", "--backends", "cuda-fp16", "--sizes", "16", "--scales", "2", "--no-file")
         assert_one_line_error(r, contains="no backend")
         assert "not measured" in r.stderr
+
+
+def test_whole_file_job_reports_its_parts(tmp_path):
+    job = B.whole_file(None, 1, size=(64, 40), scale=2)
+    assert job["output"] == "128x80 JPEG" and 0 < job["network_share"] <= 1 and job["peak_rss_mb"] > 10
+    assert abs(job["decode_s"] + job["upscale_s"] + job["encode_s"] - job["wall_s"]) < 1e-6
 
 
 def test_bench_cuda_rows_when_a_gpu_is_present():

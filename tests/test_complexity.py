@@ -50,9 +50,8 @@ def _hook_count(model: nn.Module, x: torch.Tensor, scale: int) -> int:
         total[0] += m.in_channels * m.out_channels * m.kernel_size[0] * m.kernel_size[1] * out.shape[2] * out.shape[3]
 
     hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    model.fuse_rb, model.fast_cpu = False, False
     with torch.no_grad():
-        model(x, scale) if model.multiscale else model(x)
+        model(x, scale)
     for h in hs:
         h.remove()
     return total[0]

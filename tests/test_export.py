@@ -8,7 +8,9 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 
+from lesrcnn import backends as BK  # noqa: E402
 from lesrcnn import export as E  # noqa: E402
+from lesrcnn.backends import ort_session  # noqa: E402
 from lesrcnn import weights as W  # noqa: E402
 from lesrcnn.errors import LesrcnnError  # noqa: E402
 from lesrcnn.model import VARIANTS, build, init_interpolation  # noqa: E402
@@ -27,11 +29,11 @@ def img(h, w, seed=0):
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_export_matches_pytorch_and_checks(scale):
     m = interp(scale)
-    proto = E.build_onnx(m, scale)
+    proto = E.to_onnx(m, scale)
     onnx.checker.check_model(proto, full_check=True)
     assert E.model_scale(proto) == scale
     assert E.verify(proto, m, scale) < E.VERIFY_TOL
-    sess = E.session(proto, ["CPUExecutionProvider"])
+    sess = ort_session(proto)
     for h, w in ((20, 31), (33, 17)):  # dynamic height and width
         x = img(h, w, seed=h)
         y = sess.run(None, {"input": x})[0]
@@ -44,9 +46,9 @@ def test_multiscale_model_exports_one_graph_per_scale():
     x = img(19, 23)
     outs = {}
     for s in (2, 3, 4):
-        proto = E.build_onnx(m, s)
+        proto = E.to_onnx(m, s)
         assert E.model_scale(proto) == s
-        outs[s] = E.session(proto, ["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        outs[s] = ort_session(proto).run(None, {"input": x})[0]
         assert np.abs(outs[s] - E.torch_reference(m, x, s)).max() < E.VERIFY_TOL
     assert {o.shape for o in outs.values()} == {(1, 3, 19 * s, 23 * s) for s in (2, 3, 4)}
 
@@ -57,48 +59,60 @@ def test_ablation_variants_export(variant):
     m = build(2, variant).eval()
     for p in m.parameters():
         p.data.normal_(0, 0.05)
-    assert E.verify(E.build_onnx(m, 2), m, 2) < E.VERIFY_TOL
+    assert E.verify(E.to_onnx(m, 2), m, 2) < E.VERIFY_TOL
 
 
 def test_batch_and_opset_and_fp16():
     m = interp(2)
-    proto = E.build_onnx(m, 2, opset=13)
+    proto = E.to_onnx(m, 2, opset=13)
     assert proto.opset_import[0].version == 13
     x = np.concatenate([img(12, 14, 1), img(12, 14, 2)])
-    y = E.session(proto, ["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    y = ort_session(proto).run(None, {"input": x})[0]
     assert np.abs(y - E.torch_reference(m, x, 2)).max() < E.VERIFY_TOL
     with pytest.raises(LesrcnnError, match="opset"):
-        E.build_onnx(m, 2, opset=9)
+        E.to_onnx(m, 2, opset=9)
     with pytest.raises(LesrcnnError, match="scale 3"):
-        E.build_onnx(m, 3)
-    half = E.build_onnx(m, 2, fp16=True)
+        E.to_onnx(m, 3)
+    half = E.to_onnx(m, 2, fp16=True)
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in half.graph.initializer)
     assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 interface
     assert E.verify(half, m, 2) < E.VERIFY_TOL_FP16
 
 
-def test_runner_from_checkpoint_and_file(tmp_path):
+def test_graph_is_the_fused_module_export():
+    proto = E.to_onnx(interp(4), 4)
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 1 + 16 + 2 + 4 + 1  # one upsampler pass (x4: two stages): the fused RB
+    assert sum(n.op_type == "DepthToSpace" for n in proto.graph.node) == 2
+    assert E.conv_nodes(proto, "head", "tail") == [convs[0].name, convs[-1].name]
+
+
+def test_engines_from_model_and_file_are_cached_by_content(tmp_path):
     m = interp(3)
-    ck = W.Checkpoint(model=m, scales=(3,), variant="full", mean=tuple(m.mean.flatten().tolist()), source="mem")
-    run = E.onnx_runner(ck, 3)
-    x = img(16, 21)
-    ref = E.torch_reference(m, x, 3)
-    assert np.abs(run(x) - ref).max() < E.VERIFY_TOL
-    assert E.onnx_runner(ck, 3) is run  # cached
-    path = E.save_onnx(E.build_onnx(m, 3), tmp_path / "m.onnx")
-    run2 = E.onnx_runner(path, 3, providers=["CPUExecutionProvider"])
-    assert np.abs(run2(x) - ref).max() < E.VERIFY_TOL
-    with pytest.raises(LesrcnnError, match="x3 model"):
-        E.onnx_runner(str(path), 2)
-    with pytest.raises(LesrcnnError, match="x3"):
-        E.onnx_runner(ck, 4)
+    x = torch.from_numpy(img(16, 21))
+    ref = E.torch_reference(m, x.numpy(), 3)
+    eng = BK.create(m, "onnx", scales=(3,))
+    assert np.abs(eng(x, 3).numpy() - ref).max() < E.VERIFY_TOL
+    key = next(k for k in BK._RUNNERS if k[0] == "onnx" and k[2] == 3)
+    # a new model with other weights (same architecture, maybe the same id) never reuses the old session
+    m2 = interp(3, seed=5)
+    with torch.no_grad():
+        m2.tail.weight.mul_(0.5)
+    out2 = BK.create(m2, "onnx", scales=(3,))(x, 3).numpy()
+    assert np.abs(out2 - E.torch_reference(m2, x.numpy(), 3)).max() < E.VERIFY_TOL
+    assert np.abs(out2 - ref).max() > 1e-3 and key in BK._RUNNERS
+    path = E.save_onnx(E.to_onnx(m, 3), tmp_path / "m.onnx")
+    run2 = BK.create(None, "onnx", onnx_file=path, scales=(3,))
+    assert run2.scales == (3,) and np.abs(run2(x, 3).numpy() - ref).max() < E.VERIFY_TOL
+    with pytest.raises(LesrcnnError, match="scale"):
+        run2(x, 2)
     with pytest.raises(LesrcnnError, match="N x 3"):
-        run(x[0])
+        eng(x[0], 3)
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     with pytest.raises(LesrcnnError):
-        E.onnx_runner(tmp_path / "bad.onnx", 3)
+        BK.create(None, "onnx", onnx_file=tmp_path / "bad.onnx")
     with pytest.raises(LesrcnnError, match="not found"):
-        E.onnx_runner(tmp_path / "missing.onnx", 3)
+        BK.create(None, "onnx", onnx_file=tmp_path / "missing.onnx")
 
 
 def test_export_cli(tmp_path):
@@ -133,13 +147,13 @@ def test_equalisation_is_exact_in_fp32():
 
 def test_int8_quantisation_structure_and_error(tmp_path):
     m = interp(2)
-    proto = E.build_onnx(m, 2)
+    proto = E.to_onnx(m, 2)
     q = E.quantize_int8(proto, E.synthetic_patches(8, 32), method="minmax")
     ops = {n.op_type for n in q.graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     onnx.checker.check_model(q)
     x = img(24, 24, seed=5)
-    y = E.session(q, ["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    y = ort_session(q).run(None, {"input": x})[0]
     ref = E.torch_reference(m, x, 2)
     assert y.shape == ref.shape
     assert np.abs(np.clip(y, 0, 1) - np.clip(ref, 0, 1)).mean() < 2 / 255
@@ -181,8 +195,8 @@ def test_int8_psnr_on_a_set5_image_within_bound():
     pair = min(ds.pairs, key=lambda p: p.hr.stat().st_size)  # the smallest image, for speed
     hr, lr = load_pair(pair, 2)
     x = np.ascontiguousarray(lr.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255)
-    p32 = psnr_y(to_uint8(E.onnx_runner(ck, 2, ["CPUExecutionProvider"])(x)[0].transpose(1, 2, 0)), hr, 2)
-    p8 = psnr_y(to_uint8(E.session(q, ["CPUExecutionProvider"]).run(None, {"input": x})[0][0].transpose(1, 2, 0)),
+    p32 = psnr_y(to_uint8(ort_session(E.to_onnx(ck.model, 2)).run(None, {"input": x})[0][0].transpose(1, 2, 0)), hr, 2)
+    p8 = psnr_y(to_uint8(ort_session(q).run(None, {"input": x})[0][0].transpose(1, 2, 0)),
                 hr, 2)
     assert p32 - p8 <= 0.10, (p32, p8)
     assert p8 > 30

@@ -3,9 +3,16 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import signal
 import stat
 import struct
+import subprocess
+import sys
+import time
+import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +20,10 @@ from PIL import Image, ImageCms, ImageOps
 
 from conftest import natural_image
 from lesrcnn.errors import LesrcnnError
-from lesrcnn.io import (ImageWarning, Picture, atomic_output, atomic_write_bytes, orient, read_picture,
-                        write_picture)
+from lesrcnn.io import (ImageWarning, Picture, atomic_output, atomic_write_bytes, clean_stale_temps, orient,
+                        read_picture, write_picture)
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 # --- an independent PNG encoder (every filter type), so 16-bit files are not made by the code under test
@@ -69,18 +78,30 @@ def test_16bit_png_keeps_16_bits(tmp_path, channels):
 
 
 @pytest.mark.parametrize("fmt,channels", [("PNG", 1), ("PNG", 2), ("PNG", 3), ("PNG", 4), ("TIFF", 1),
-                                          ("TIFF", 3), ("TIFF", 4)])
+                                          ("TIFF", 2), ("TIFF", 3), ("TIFF", 4)])
 def test_16bit_writers_round_trip(tmp_path, fmt, channels):
     rng = np.random.default_rng(7)
     a = rng.integers(0, 65536, (20, 13, channels)).astype(np.uint16)
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
     p = Picture(color=a[..., :1 if channels <= 2 else 3], alpha=a[..., -1] if channels in (2, 4) else None,
-                icc=b"not-a-real-profile", dpi=(600.0, 300.0))
+                icc=b"not-a-real-profile", dpi=(600.0, 300.0), exif=exif.tobytes())
     f = tmp_path / f"o.{fmt.lower()}"
     write_picture(p, f, fmt)
     back = read_picture(f)
     assert back.bits == 16 and back.icc == p.icc
     assert back.dpi == pytest.approx((600, 300), abs=0.01)
-    np.testing.assert_array_equal(planes(back), a)
+    if fmt == "TIFF" and channels == 2:  # Pillow has no 16-bit gray+alpha TIFF: written as RGBA, same values
+        np.testing.assert_array_equal(planes(back), np.concatenate([a[..., :1]] * 3 + [a[..., 1:]], axis=2))
+    else:
+        np.testing.assert_array_equal(planes(back), a)
+    if fmt == "PNG":
+        kept = Image.Exif()
+        kept.load(back.exif)
+        assert kept.get(0x010F) == "TestCam"
+    with Image.open(f) as im:  # other readers open it too
+        im.load()
+        assert im.size == (13, 20) and im.info.get("icc_profile") == p.icc
 
 
 def test_16bit_tiff_written_elsewhere(tmp_path):
@@ -227,3 +248,173 @@ def test_atomic_output_leaves_nothing_behind(tmp_path):
     atomic_write_bytes(f, b"new")
     assert f.read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["x.bin"]
     assert stat.S_IMODE(f.stat().st_mode) & 0o044  # readable by others (not mkstemp's 0600), umask allowing
+
+
+def test_16bit_tiffs_other_writers_make(tmp_path):
+    """LZW (tifffile cannot decode it without imagecodecs) and planar TIFFs keep their 16 bits."""
+    import cv2
+    import tifffile
+
+    a = np.random.default_rng(5).integers(0, 65536, (9, 14, 4)).astype(np.uint16)
+    for ch in (3, 4):
+        ok, buf = cv2.imencode(".tif", np.ascontiguousarray(a[..., :ch][..., [2, 1, 0, 3][:ch]]),
+                               [cv2.IMWRITE_TIFF_COMPRESSION, 5])  # 5: LZW
+        (tmp_path / f"lzw{ch}.tif").write_bytes(buf.tobytes())
+        np.testing.assert_array_equal(planes(read_picture(tmp_path / f"lzw{ch}.tif")), a[..., :ch])
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(a[..., :3], -1, 0), photometric="rgb",
+                     planarconfig="separate", compression="zlib")
+    np.testing.assert_array_equal(read_picture(tmp_path / "planar.tif").color, a[..., :3])
+
+
+def test_odd_chunks_in_a_16bit_png_print_nothing(tmp_path, capfd):
+    """libpng would print 'iCCP: too short' on stderr: a CLI error must stay one line."""
+    a = np.random.default_rng(2).integers(0, 65536, (5, 6, 3)).astype(np.uint16)
+    data = png_bytes(a)
+    iccp = b"x\0\0" + zlib.compress(b"short")
+    chunk = struct.pack(">I", len(iccp)) + b"iCCP" + iccp + struct.pack(">I", zlib.crc32(b"iCCP" + iccp))
+    (tmp_path / "odd.png").write_bytes(data[:33] + chunk + data[33:])
+    np.testing.assert_array_equal(read_picture(tmp_path / "odd.png").color, a)
+    assert capfd.readouterr().err == ""
+
+
+def test_huge_icc_profile_is_dropped_where_the_file_could_not_be_read_back(tmp_path):
+    """A 5 MiB profile (JPEG splits it over APP2 segments) made PNGs neither Pillow nor we could open."""
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    big = icc + bytes(np.random.default_rng(0).integers(0, 256, 5 << 20, dtype=np.uint8))
+    Image.fromarray(natural_image(8, 8)).save(tmp_path / "big.jpg", icc_profile=big, quality=95)
+    p = read_picture(tmp_path / "big.jpg")
+    assert p.icc == big
+    for fmt, bits in (("PNG", 8), ("PNG", 16), ("JPEG", 8), ("TIFF", 16), ("WEBP", 8)):
+        pic = p if bits == 8 else Picture(color=p.color.astype(np.uint16) * 257, icc=p.icc)
+        f = tmp_path / f"o{bits}.{fmt.lower()}"
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            write_picture(pic, f, fmt)
+        dropped = any("ICC profile is too large" in str(x.message) for x in w)
+        assert dropped == (fmt == "PNG"), fmt
+        with Image.open(f) as im:
+            im.load()
+            assert (im.info.get("icc_profile") or None) == (None if dropped else big), fmt
+        assert read_picture(f).icc == (None if dropped else big)
+
+
+@pytest.mark.parametrize("dpi", [(1e12, 1e12), (1e300, 72.0), (0.001, 0.001), (70000.0, 70000.0)])
+def test_extreme_dpi_is_dropped_not_a_crash(tmp_path, dpi):
+    for fmt, bits in (("PNG", 8), ("PNG", 16), ("JPEG", 8), ("TIFF", 8), ("TIFF", 16), ("BMP", 8), ("WEBP", 8)):
+        c = natural_image(6, 5)
+        pic = Picture(color=c if bits == 8 else c.astype(np.uint16) * 257, dpi=dpi)
+        f = tmp_path / f"o{bits}.{fmt.lower()}"
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            write_picture(pic, f, fmt)
+        with Image.open(f) as im:
+            im.load()
+        back = read_picture(f)
+        assert back.width == 5
+        if fmt != "WEBP" and not any("DPI" in str(x.message) for x in w):  # kept: then kept exactly
+            assert back.dpi == pytest.approx(dpi, rel=1e-3), fmt
+
+
+def test_pixel_limit_message_for_small_limits(tmp_path):
+    Image.fromarray(natural_image(30, 40)).save(tmp_path / "x.png")
+    with pytest.raises(LesrcnnError, match=r"40x30 = 1,200 pixels is above the limit of 100 pixels"):
+        read_picture(tmp_path / "x.png", max_pixels=100)
+
+
+# --- atomic writes -------------------------------------------------------------------------------
+
+def _in_child(code: str, *args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=dict(os.environ, PYTHONPATH=str(SRC)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+_HOLD = """
+import signal, sys, time
+from lesrcnn.io import atomic_output
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # as the CLI does: SIGTERM raises
+with atomic_output(sys.argv[1]) as f:
+    f.write(b"partial")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_writer_leaves_nothing_or_a_temp_we_clean(tmp_path, sig):
+    out = tmp_path / "out.png"
+    child = _in_child(_HOLD, str(out))
+    assert child.stdout.readline().strip() == "writing"
+    (temp,) = [n for n in os.listdir(tmp_path)]
+    assert re.fullmatch(r"\.out\.png\.lesrcnn-tmp-[0-9a-f]{8}", temp)
+    assert clean_stale_temps(tmp_path, older_than_s=0) == 0  # alive and locked: in use
+    child.send_signal(sig)
+    child.wait(timeout=30)
+    left = os.listdir(tmp_path)
+    if sig == signal.SIGTERM:
+        assert left == []
+    else:  # kill -9 cannot clean up: the next run does
+        assert left == [temp]
+        (tmp_path / "keep.png").write_bytes(b"x")
+        (tmp_path / ".other.lesrcnn-tmp").write_bytes(b"x")
+        assert clean_stale_temps(tmp_path, older_than_s=3600) == 0  # too recent
+        old = time.time() - 7200
+        for n in os.listdir(tmp_path):
+            os.utime(tmp_path / n, (old, old))
+        assert clean_stale_temps(tmp_path, older_than_s=3600) == 1
+        assert sorted(os.listdir(tmp_path)) == [".other.lesrcnn-tmp", "keep.png"]
+
+
+def test_base_exception_removes_the_temp(tmp_path):
+    class Terminated(BaseException):
+        pass
+
+    with pytest.raises(Terminated):
+        with atomic_output(tmp_path / "x.bin") as f:
+            f.write(b"half")
+            raise Terminated
+    assert os.listdir(tmp_path) == []
+
+
+def test_exclusive_outputs_never_replace_each_other(tmp_path):
+    f = tmp_path / "x.png"
+    atomic_write_bytes(f, b"first", overwrite=False)
+    with pytest.raises(FileExistsError) as e:
+        with atomic_output(f, overwrite=False) as again:
+            again.write(b"second")
+    assert e.value.filename == str(f) and "--overwrite" in str(e.value)
+    assert f.read_bytes() == b"first" and os.listdir(tmp_path) == ["x.png"]
+    atomic_write_bytes(f, b"third")  # overwrite allowed: replaced
+    assert f.read_bytes() == b"third"
+
+
+def test_first_finisher_wins_and_the_other_is_refused(tmp_path):
+    f = tmp_path / "y.png"
+    with pytest.raises(FileExistsError):
+        with atomic_output(f, overwrite=False) as a:
+            a.write(b"A")
+            with atomic_output(f, overwrite=False) as b:
+                b.write(b"B")
+    assert f.read_bytes() == b"B" and os.listdir(tmp_path) == ["y.png"]
+
+
+def test_write_errors_name_the_output_not_the_temp(tmp_path):
+    target = tmp_path / "missing" / "out.png"
+    with pytest.raises(OSError) as e:
+        atomic_write_bytes(target, b"x")
+    assert e.value.filename == str(target) and "lesrcnn-tmp" not in str(e.value)
+    if os.geteuid() != 0:  # root writes into read-only folders anyway
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        with pytest.raises(PermissionError) as e:
+            write_picture(Picture(color=natural_image(4, 4)), ro / "o.png", "PNG")
+        assert e.value.filename == str(ro / "o.png")
+
+
+def test_outputs_get_a_normal_files_permissions(tmp_path):
+    code = ("import os, sys; os.umask(0o027); from lesrcnn.io import atomic_write_text; "
+            "atomic_write_text(sys.argv[1], 'x')")
+    child = _in_child(code, str(tmp_path / "a.txt"))
+    assert child.wait(timeout=60) == 0, child.stderr.read()
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from lesrcnn.model import LESRCNN, VARIANTS, build, init_interpolation
+from lesrcnn.errors import LesrcnnError
+from lesrcnn.model import LESRCNN, VARIANTS, build, check_scale, fuse_rb, init_interpolation
 
 
 @pytest.mark.parametrize("scale,params", [(2, 626_304), (3, 810_944), (4, 774_016)])
@@ -23,14 +24,25 @@ def test_output_shape_and_multiscale_call(scale):
 
 
 def test_unsupported_scales_are_refused():
-    with pytest.raises(ValueError, match="unsupported scale 5"):
+    with pytest.raises(LesrcnnError, match="unsupported scale 5"):
         build(5)
-    with pytest.raises(ValueError, match="x2"):
+    with pytest.raises(LesrcnnError, match="x2"):
         build(2)(torch.rand(1, 3, 8, 8), 3)
-    with pytest.raises(ValueError, match="needs the scale"):
+    with pytest.raises(LesrcnnError, match="needs the scale"):
         build("multi")(torch.rand(1, 3, 8, 8))
-    with pytest.raises(ValueError, match="unknown variant"):
+    with pytest.raises(LesrcnnError, match="unknown variant"):
         LESRCNN(2, variant="big")
+    for bad in (2.5, "2", None, 8):
+        with pytest.raises(LesrcnnError, match="scale"):
+            check_scale(bad)
+    assert check_scale(3) == 3 and check_scale(4.0) == 4
+
+
+def test_every_model_takes_the_scale():
+    x = torch.rand(1, 3, 6, 7)
+    with torch.no_grad():
+        m = init_interpolation(build(3), seed=0).eval()
+        assert torch.equal(m(x), m(x, 3))
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -51,11 +63,11 @@ def test_fused_reconstruction_block_equals_two_upsampler_passes(scale):
     for p in m.upsample.parameters():
         p.data.normal_(0, 0.05)
     x = torch.rand(1, 3, 16, 16)
+    fused = fuse_rb(m)
+    assert type(fused.upsample[f"x{scale}"]).__name__ == "FusedUpsampler"
+    assert type(m.upsample[f"x{scale}"]).__name__ == "Upsampler"  # the original is untouched
     with torch.no_grad():
-        m.fuse_rb = True
-        a = m(x)
-        m.fuse_rb = False
-        b = m(x)
+        a, b = fused(x), m(x)
     assert (a - b).abs().max() < 1e-5
 
 

@@ -70,7 +70,7 @@ def test_variant_roundtrip(tmp_path):
 
 def test_bad_checkpoints_are_refused_with_one_line(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"\x00not a checkpoint at all" * 10)
-    with pytest.raises(LesrcnnError, match="not a readable PyTorch state dict"):
+    with pytest.raises(LesrcnnError, match="not a readable PyTorch checkpoint"):
         W.load(tmp_path / "junk.pth")
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(LesrcnnError, match="not a state dict"):

@@ -1,19 +1,43 @@
-"""The ``lesrcnn`` command. Each subcommand: ``add_X(subparsers)`` + ``cmd_X(args) -> exit code``.
+"""The ``lesrcnn`` command: one explicit registry of subcommands, each defined in its own module.
 
-Every user error is a LesrcnnError (or a known OS/memory error): one line on stderr, exit 2.
+Only the module of the command being run is imported, so ``lesrcnn --help`` is instant and lists
+every command whatever is installed, and a command whose optional extra is missing fails when it
+is used, with one line naming the extra. Every error is one line ``lesrcnn: error: ...`` on
+stderr and exit status 2; Ctrl-C and SIGTERM stop with 130/143 after removing temporary files.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
+import os
+import signal
 import sys
-import time
 
 from . import __version__
-from .errors import LesrcnnError
+from .errors import LesrcnnError, one_line
+
+#: Every subcommand: name -> (module, summary for ``lesrcnn --help``). The module defines
+#: ``add_parser(sub) -> ArgumentParser`` (``add_<name>`` where one module holds two commands),
+#: which sets ``func``: a function of the parsed arguments returning the exit status.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "upscale": ("lesrcnn.upscale_cli", "upscale images (files, folders, globs, stdin) x2/x3/x4"),
+    "eval": ("lesrcnn.evaluate", "PSNR/SSIM on benchmark folders with the paper's protocol"),
+    "info": ("lesrcnn.weights_cli", "what a checkpoint holds: network, scales, parameters, provenance"),
+    "convert": ("lesrcnn.weights_cli", "convert an official .pth checkpoint to our safetensors format"),
+    "export": ("lesrcnn.export", "export to ONNX (fp32, fp16 or INT8), verified with ONNX Runtime"),
+    "bench": ("lesrcnn.bench", "inference speed on this machine, per backend"),
+    "train": ("lesrcnn.train", "train LESRCNN (the paper's recipe by default); torchrun for DDP"),
+    "serve": ("lesrcnn.serve", "HTTP upscaling service with a web page (needs lesrcnn[serve])"),
+}
+
+#: Third-party modules that an optional extra installs: import name -> extra.
+EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "openvino": "openvino",
+          "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
+          "starlette": "serve", "av": "video", "ray": "ray", "spandrel": "spandrel", "torchvision": "spandrel"}
 
 
-def _scale(v: str) -> int:
+def scale_arg(v: str) -> int:
+    """``--scale``: 2, 3 or 4."""
     try:
         s = int(v)
     except ValueError:
@@ -23,210 +47,165 @@ def _scale(v: str) -> int:
     return s
 
 
-# --- eval --------------------------------------------------------------------------------------
-
-def add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="PSNR/SSIM on benchmark folders with the paper's protocol")
-    p.add_argument("--weights", help="checkpoint (ours or an official .pth); default: the embedded weights")
-    p.add_argument("--data", action="append", required=True, help="benchmark folder (repeatable)")
-    p.add_argument("--scale", "-s", type=_scale, action="append", help="2, 3 or 4 (repeatable; default 2)")
-    p.add_argument("--quantize", choices=["truncate", "round"], default="truncate")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    p.add_argument("--output", "-o", help="also write the results to this file")
-    p.add_argument("--bicubic", action="store_true", help="evaluate the bicubic baseline instead of a network")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
-    p.set_defaults(func=cmd_eval)
+def device_arg(v: str) -> str:
+    """``--device``/``-g``: auto, cpu, cuda, cuda:N, mps, or a GPU index N as the ncnn upscalers
+    take it (-1: the CPU)."""
+    s = v.strip().lower()
+    if s.lstrip("-").isdigit():
+        return "cpu" if int(s) < 0 else f"cuda:{int(s)}"
+    if s in ("auto", "cpu", "cuda", "mps") or (s.startswith("cuda:") and s[5:].isdigit()):
+        return s
+    raise argparse.ArgumentTypeError(f"device must be auto, cpu, cuda, cuda:N, N (a GPU index) or mps, got {v!r}")
 
 
-def cmd_eval(a) -> int:
-    from tqdm import tqdm
-
-    from . import weights as W
-    from .data import find_dataset
-    from .evaluate import evaluate, format_results
-    from .upscale import pick_device, prepare
-
-    scales = a.scale or [2]
-    datasets = {(d, s): find_dataset(d, s) for s in scales for d in a.data}  # validate all folders first
-    ck = None
-    if not a.bicubic:
-        ck = W.load(a.weights)
-        for s in scales:
-            ck.require_scale(s)
-        model = prepare(ck.model, pick_device(a.device))
-    results = []
-    total = sum(len(ds.pairs) for ds in datasets.values())
-    with tqdm(total=total, desc="eval", file=sys.stderr, dynamic_ncols=True, disable=None) as bar:
-        for (d, s), ds in datasets.items():
-            method = "LESRCNN-S" if ck is not None and len(ck.scales) > 1 else "LESRCNN"
-            results.append(evaluate(None if a.bicubic else model, ds, s, a.quantize, bar, method=method))
-    text = format_results(results, a.format)
-    print(text)
-    if a.output:
-        from .io import atomic_write_text
-        atomic_write_text(a.output, text + "\n")
-    return 0
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds (and removes temporary files)
+    exactly as on Ctrl-C."""
 
 
-# --- convert / info ----------------------------------------------------------------------------
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default, unless its help text already says it."""
 
-def add_convert(sub) -> None:
-    p = sub.add_parser("convert", help="convert an official .pth checkpoint to our safetensors format")
-    p.add_argument("src")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(func=cmd_convert)
-
-
-def cmd_convert(a) -> int:
-    from pathlib import Path
-
-    from . import weights as W
-
-    out = Path(a.output)
-    if out.exists() and not a.overwrite:
-        raise LesrcnnError(f"{out} exists; pass --overwrite to replace it")
-    if out.resolve() == Path(a.src).resolve():
-        raise LesrcnnError("refusing to overwrite the input checkpoint")
-    ck = W.load(a.src)
-    W.save(ck.model, out, {"converted_from": Path(a.src).name, **({"source_format": ck.metadata.get("format")}
-                                                                  if ck.metadata.get("format") else {})})
-    print(f"wrote {out} (x{'/x'.join(map(str, ck.scales))}, {ck.num_parameters:,} parameters)")
-    return 0
-
-
-def add_info(sub) -> None:
-    p = sub.add_parser("info", help="what a checkpoint holds: architecture, scales, parameters")
-    p.add_argument("file", nargs="?", help="checkpoint; default: the embedded weights")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--flops", action="store_true", help="also count MACs/FLOPs per block")
-    p.add_argument("--size", default="256x256", help="LR input size HxW for --flops (default 256x256)")
-    p.set_defaults(func=cmd_info)
-
-
-def cmd_info(a) -> int:
-    from . import weights as W
-
-    ck = W.load(a.file)
-    d = W.describe(ck)
-    if a.flops:
-        from .complexity import complexity_report
-        d["complexity"] = complexity_report(ck, a.size)
-    if a.json:
-        print(json.dumps(d, indent=2))
-        return 0
-    print(f"file        {d['source']}")
-    print(f"network     {d['architecture']}, variant {d['variant']}")
-    print(f"scales      x{', x'.join(map(str, d['scales']))}")
-    print(f"parameters  {d['parameters']:,} (mean shift excluded)")
-    print(f"mean        {', '.join(f'{m:.4f}' for m in d['mean'])}")
-    for k, v in d["metadata"].items():
-        print(f"{k:<11} {json.dumps(v) if isinstance(v, (dict, list)) else v}")
-    if a.flops:
-        from .complexity import format_complexity
-        print(format_complexity(d["complexity"]))
-    return 0
-
-
-# --- train -------------------------------------------------------------------------------------
-
-def add_train(sub) -> None:
-    p = sub.add_parser("train", help="train LESRCNN (the paper's recipe by default); torchrun for DDP")
-    p.add_argument("--config", help="TOML/YAML/JSON file with the same keys; flags override it")
-    p.add_argument("--data", action="append")
-    p.add_argument("--scale", choices=["2", "3", "4", "multi"])
-    p.add_argument("--out")
-    for name, typ in (("steps", int), ("batch", int), ("patch", int), ("hr-patch", int), ("lr", float),
-                      ("decay", int), ("warmup", int), ("clip", float), ("val-every", int), ("val-max-images", int),
-                      ("save-every", int), ("seed", int), ("threads", int), ("max-minutes", float)):
-        p.add_argument(f"--{name}", type=typ)
-    p.add_argument("--schedule", choices=["step", "cosine"])
-    p.add_argument("--loss", choices=["mse", "l1"])
-    p.add_argument("--variant", choices=["full", "sn", "hn", "ieeb", "ieeb+rb"])
-    p.add_argument("--init", choices=["random", "interp"])
-    p.add_argument("--val", action="append")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--compile", action="store_true", default=None)
-    p.add_argument("--resume", action="store_true")
-    p.set_defaults(func=cmd_train)
-
-
-def cmd_train(a) -> int:
-    from dataclasses import fields
-
-    from .train import Config, load_config, run
-
-    raw = load_config(a.config) if a.config else {}
-    for f in fields(Config):
-        v = getattr(a, f.name, None)
-        if v is not None:
-            raw[f.name] = v
-    if "scale" in raw:
-        raw["scale"] = str(raw["scale"])
-    cfg = Config(**raw)
-    run(cfg, resume=a.resume)
-    return 0
-
-
-# --- plumbing ----------------------------------------------------------------------------------
-
-SUBCOMMANDS = [add_eval, add_convert, add_info, add_train]
-
-
-def _optional(module: str, fn: str):
-    """Subcommands that live in their own modules register here (upscale, export, bench)."""
-    import importlib
-    try:
-        return getattr(importlib.import_module(f"lesrcnn.{module}"), fn)
-    except (ImportError, AttributeError):
-        return None
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default is None or action.default is False
+                or action.default in ("", argparse.SUPPRESS) or "default" in text.lower()):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage mistakes are one line on stderr and exit 2, like every other error."""
+    """Usage mistakes are one line on stderr and exit 2, pointing to the command's own help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"lesrcnn: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"lesrcnn: error: {one_line(message)} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lesrcnn", description="LESRCNN super-resolution (Tian et al., KBS 2020)")
+def _adder(name: str):
+    """The function that adds ``name``'s parser; imports only that command's module."""
+    module = COMMANDS[name][0]
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise  # a dependency: main() names the extra that installs it
+        raise LesrcnnError(f"`lesrcnn {name}` is not part of this installation ({module} is missing)") from None
+    for attr in (f"add_{name}", "add_parser"):
+        if callable(getattr(mod, attr, None)):
+            return getattr(mod, attr)
+    raise LesrcnnError(f"`lesrcnn {name}`: {module} defines no add_parser")
+
+
+def _command(argv: list[str]) -> str | None:
+    for tok in argv:
+        if tok == "--" or not tok.startswith("-"):
+            return tok if tok in COMMANDS else None
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser of ``command`` (the others as one-line entries for ``lesrcnn --help``)."""
+    p = _Parser(prog="lesrcnn", description="LESRCNN super-resolution (Tian et al., KBS 2020)",
+                epilog="`lesrcnn COMMAND --help` shows a command's options and their defaults.")
     p.add_argument("--version", action="version", version=f"lesrcnn {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    extra = [_optional("upscale_cli", "add_upscale"), _optional("export", "add_export"), _optional("bench", "add_bench")]
-    for add in [*SUBCOMMANDS[:1], *[e for e in extra[:1] if e], *SUBCOMMANDS[1:], *[e for e in extra[1:] if e]]:
-        add(sub)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    for name, (_, summary) in COMMANDS.items():
+        if name == command:
+            _adder(name)(sub)
+        else:
+            sub.add_parser(name, help=summary, add_help=False)
+    p.set_defaults(commands=sub)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _run(argv: list[str]) -> int:
+    name = _command(argv)
+    parser = build_parser(name)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        target = args.commands.choices.get(name, parser)
+        target.error(f"unrecognized arguments: {' '.join(extra)}")
+    status = int(args.func(args) or 0)
+    sys.stdout.flush()  # a closed pipe shows here, not as a warning at exit
+    return status
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+    raise Terminated()
+
+
+def _install_sigterm() -> None:
     try:
-        return int(args.func(args) or 0)
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (an embedding application): leave its signals alone
+        pass
+
+
+def _error(message: object) -> int:
+    print(f"lesrcnn: error: {one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return (s.splitlines()[0] if s else type(e).__name__)[:300]
+
+
+def _missing_module(e: ModuleNotFoundError) -> str:
+    top = (e.name or "?").split(".")[0]
+    if top in EXTRAS:
+        return f"this needs an optional extra: pip install 'lesrcnn[{EXTRAS[top]}]' ({top} is not installed)"
+    return f"the Python module {e.name} is missing ({_first_line(e)}); reinstall lesrcnn"
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe: later writes (and the flush at exit) must not raise again."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    _install_sigterm()
+    try:
+        return _run(argv)
     except LesrcnnError as e:
-        print(f"lesrcnn: error: {e}", file=sys.stderr)
-        return 2
+        return _error(e)
+    except Terminated:
+        print("lesrcnn: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("lesrcnn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return _error("the output pipe was closed early; the output is incomplete")
     except MemoryError:
-        print("lesrcnn: error: out of memory; use a smaller --tile", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-        print(f"lesrcnn: error: {e.strerror}: {e.filename}", file=sys.stderr)
-        return 2
+        return _error("out of memory; use a smaller --tile")
+    except ModuleNotFoundError as e:
+        return _error(_missing_module(e))
     except OSError as e:
-        print(f"lesrcnn: error: {e}".splitlines()[0], file=sys.stderr)
-        return 2
+        return _error(f"{e.strerror}: {e.filename}" if e.strerror and e.filename else _first_line(e))
     except RuntimeError as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "out of memory" in msg.lower() or "can't allocate memory" in msg.lower():
-            print("lesrcnn: error: out of memory; use a smaller --tile", file=sys.stderr)
-        else:
-            print(f"lesrcnn: error: {msg[:300]}", file=sys.stderr)
-        return 2
+        msg = _first_line(e)
+        low = msg.lower()
+        return _error("out of memory; use a smaller --tile" if "out of memory" in low or "can't allocate" in low
+                      else msg)
+    except Exception as e:  # a bug: still one line (LESRCNN_DEBUG=1 shows the traceback)
+        if os.environ.get("LESRCNN_DEBUG"):
+            raise
+        return _error(f"unexpected {type(e).__name__}: {_first_line(e)} (please report; LESRCNN_DEBUG=1 "
+                      f"shows the traceback)")
 
 
 if __name__ == "__main__":

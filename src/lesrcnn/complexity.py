@@ -14,11 +14,10 @@ so both are shown beside ours, never replaced by them.
 from __future__ import annotations
 
 import re
-
-from torch import nn
+from functools import lru_cache
 
 from .errors import LesrcnnError
-from .model import LESRCNN, VARIANTS, build
+from .model import LESRCNN, VARIANTS, build, conv_calls, fuse_rb
 
 BLOCKS = ("IEEB", "RB", "IRB")
 
@@ -48,41 +47,26 @@ def parse_size(size: str | int | tuple[int, int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _conv(c: nn.Conv2d, px: int) -> tuple[int, int]:
-    """(parameters, MACs) of a convolution applied at ``px`` output pixels."""
-    k = c.weight.shape[2] * c.weight.shape[3]
-    params = c.weight.numel() + (c.bias.numel() if c.bias is not None else 0)
-    return params, c.in_channels * c.out_channels * k * px
-
-
 def count(model: LESRCNN, scale: int, height: int, width: int, fused: bool = False) -> dict:
-    """Per-block parameters/MACs of ``model`` at ``scale`` for an LR input of height x width."""
+    """Per-block parameters/MACs of ``model`` at ``scale`` for an LR input of height x width,
+    from the convolutions the module runs (:func:`lesrcnn.model.conv_calls`: shapes on a meta
+    tensor, no arithmetic). ``fused``: after :func:`lesrcnn.model.fuse_rb` (one RB pass)."""
     if scale not in model.scales:
         raise LesrcnnError(f"the model serves x{'/x'.join(map(str, model.scales))}, not x{scale}")
+    net = fuse_rb(model) if fused else model
+    names = {id(m): n for n, m in net.named_modules()}
     lr = height * width
     blocks = {b: {"block": b, "layers": 0, "parameters": 0, "macs": 0} for b in BLOCKS}
-
-    def add(block: str, conv: nn.Conv2d, px: int, times: int = 1) -> None:
-        p, m = _conv(conv, px)
-        blocks[block]["parameters"] += p
-        blocks[block]["macs"] += m * times
-        blocks[block]["layers"] += 1
-
-    add("IEEB", model.head, lr)
-    for c3, c1 in zip(model.body3, model.body1):
-        add("IEEB", c3, lr)
-        add("IEEB", c1, lr)
-    times = 2 if model.v.local_fusion and not fused else 1
-    px = lr
-    for m in model.upsample[f"x{scale}"]:
-        if isinstance(m, nn.Conv2d):
-            add("RB", m, px, times)
-        elif isinstance(m, nn.PixelShuffle):
-            px *= m.upscale_factor ** 2
-    hr = lr * scale * scale
-    for c in model.irb:
-        add("IRB", c, hr)
-    add("IRB", model.tail, hr)
+    seen: set[int] = set()
+    for conv, ratio in conv_calls(net, scale):
+        name = names[id(conv)]
+        b = blocks["RB" if name.startswith("upsample.") else "IRB" if ratio > 1 else "IEEB"]
+        k = conv.weight.shape[2] * conv.weight.shape[3]
+        b["macs"] += conv.in_channels * conv.out_channels * k * lr * ratio * ratio
+        if id(conv) not in seen:  # the RB runs its upsampler twice: its weights count once
+            seen.add(id(conv))
+            b["layers"] += 1
+            b["parameters"] += sum(p.numel() for p in conv.parameters())
     total_m = sum(b["macs"] for b in blocks.values())
     for b in blocks.values():
         b["flops"] = 2 * b["macs"]
@@ -102,17 +86,17 @@ def count(model: LESRCNN, scale: int, height: int, width: int, fused: bool = Fal
 
 def macs(scale: int, height: int, width: int, variant: str = "full", fused: bool = False) -> int:
     """MACs of the released network (``fused=False``) at an LR input of height x width."""
-    return count(_skeleton(scale, variant), scale, height, width, fused)["macs"]
+    return _per_lr_pixel(scale, variant, fused) * height * width
 
 
-_SKELETONS: dict = {}
+@lru_cache(maxsize=None)
+def _per_lr_pixel(scale: int, variant: str, fused: bool) -> int:
+    return count(_skeleton(scale, variant), scale, 1, 1, fused)["macs"]
 
 
+@lru_cache(maxsize=None)
 def _skeleton(scale: int | tuple[int, ...], variant: str) -> LESRCNN:
-    key = (scale, variant)
-    if key not in _SKELETONS:
-        _SKELETONS[key] = build(scale, variant)
-    return _SKELETONS[key]
+    return build(scale, variant)
 
 
 def complexity_report(checkpoint, size: str | int | tuple[int, int] = "256x256") -> dict:

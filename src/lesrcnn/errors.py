@@ -1,5 +1,15 @@
 """One exception type for every user-facing failure: the CLI prints it on one line and exits 2."""
+from __future__ import annotations
 
 
 class LesrcnnError(Exception):
     """A bad input, file or option; the message is complete and fits on one line."""
+
+
+def one_line(text: object) -> str:
+    """``text`` with control characters escaped (a file name may hold a newline), so an error
+    message stays one line on the terminal and for whatever parses stderr."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)

@@ -1,10 +1,12 @@
 """The paper's evaluation: SR of every LR image, PSNR/SSIM on Y, beside the paper's numbers."""
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from .data import Dataset, load_pair
+from .errors import LesrcnnError
 from .metrics import Quantize, psnr_y, ssim_y, to_uint8
 from .model import LESRCNN
 from .resize import imresize
@@ -74,23 +77,44 @@ def paper_numbers(dataset: str, method: str, scale: int) -> tuple[float, float] 
 def super_resolve(model: LESRCNN, lr: np.ndarray, scale: int, tile: int = EVAL_TILE) -> torch.Tensor:
     """uint8 HxWx3 LR -> float CHW SR in [0, 1]-ish (unclamped), on CPU."""
     p = next(model.parameters())
-    x = torch.from_numpy(lr).to(p.device).permute(2, 0, 1)[None].to(p.dtype).div_(255.0)
+    x = torch.from_numpy(lr if lr.flags.writeable else lr.copy()).to(p.device).permute(2, 0, 1)[None].to(p.dtype).div_(255.0)
     y = forward_tiled(model, x, scale, tile=tile)
     return y[0].float().cpu()
+
+
+def bicubic(lr: np.ndarray, scale: int, quantize: Quantize = "round") -> np.ndarray:
+    """The bicubic baseline: MATLAB ``imresize`` of the uint8 LR ("round": MATLAB's own uint8
+    arithmetic, rounded after each pass; "truncate": in float, truncated at the end)."""
+    if quantize == "round":
+        return imresize(lr, float(scale))
+    return np.clip(imresize(lr.astype(np.float64), float(scale)), 0, 255).astype(np.uint8)
+
+
+#: SSIM's Gaussian window: the scored area (HR minus ``scale`` pixels at each border) needs this side.
+SSIM_WINDOW = 11
+
+
+def _check_size(name: str, hr: np.ndarray, scale: int) -> None:
+    need = SSIM_WINDOW + 2 * scale
+    if min(hr.shape[:2]) < need:
+        raise LesrcnnError(f"{name}: {hr.shape[1]}x{hr.shape[0]} is too small to score at x{scale} "
+                           f"(PSNR/SSIM need at least {need}x{need} HR pixels)")
 
 
 def evaluate(
     model: LESRCNN | None,
     dataset: Dataset,
     scale: int,
-    quantize: Quantize = "truncate",
+    quantize: Quantize | None = None,
     progress: Iterable | None = None,
     method: str = "LESRCNN",
 ) -> Result:
     """Mean PSNR/SSIM over a dataset. ``model=None`` evaluates the bicubic baseline.
+    ``quantize`` None: "truncate" for a network (the released code), "round" for bicubic (MATLAB).
 
     Decoding and metric computation run in a worker thread while the network computes.
     """
+    quantize = quantize or ("round" if model is None else "truncate")
     psnrs: list[float] = []
     ssims: list[float] = []
     lock = threading.Lock()
@@ -106,10 +130,11 @@ def evaluate(
         futures = []
         for i, pair in enumerate(dataset.pairs):
             hr, lr = loads[i].result()
+            _check_size(str(pair.hr), hr, scale)
             if i + 2 < len(dataset.pairs):
                 loads.append(pool.submit(load_pair, dataset.pairs[i + 2], scale))
             if model is None:
-                sr = imresize(lr, float(scale))
+                sr = bicubic(lr, scale, quantize)
             else:
                 sr = to_uint8(super_resolve(model, lr, scale).permute(1, 2, 0), quantize)
             futures.append(pool.submit(score, sr, hr))
@@ -120,7 +145,7 @@ def evaluate(
     method = "Bicubic" if model is None else method
     pp, ps = paper_numbers(dataset.name, method, scale)
     return Result(dataset.name, scale, len(psnrs), float(np.mean(psnrs)), float(np.mean(ssims)),
-                  quantize if model is not None else "round", method, pp, ps)
+                  quantize, method, pp, ps)
 
 
 def format_results(results: list[Result], fmt: str) -> str:
@@ -145,3 +170,86 @@ def format_results(results: list[Result], fmt: str) -> str:
         lines.append(f"{r.dataset:<10} {'x' + str(r.scale):>5} {r.method:<10} {r.images:>6} {r.psnr:>8.3f} "
                      f"{r.ssim:>7.4f} {paper:>15} {delta:>7}  {r.quantize}")
     return "\n".join(lines)
+
+
+# --- `lesrcnn eval` ----------------------------------------------------------------------------
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    from .cli import device_arg, scale_arg
+
+    p = sub.add_parser("eval", help="PSNR/SSIM on benchmark folders with the paper's protocol",
+                       description="PSNR/SSIM on the Y channel (border = scale), as the paper and its code "
+                                   "compute them, beside the paper's numbers when the set is one of its tables.")
+    p.add_argument("--weights", help="checkpoint (ours or an official .pth); default: the embedded weights")
+    p.add_argument("--data", action="append", required=True,
+                   help="benchmark folder (repeatable): image_SRF_s pairs, HR/ + LR_bicubic/Xs/, or HR images")
+    p.add_argument("--scale", "-s", type=scale_arg, action="append", help="2, 3 or 4 (repeatable); default: 2")
+    p.add_argument("--quantize", choices=["truncate", "round"],
+                   help="float -> 8-bit; default: truncate for a network (the released code's, the paper's "
+                        "numbers), round for --bicubic (MATLAB's)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="how results are printed")
+    p.add_argument("--output", "-o", help="also write the results to this file (refused if it exists)")
+    p.add_argument("--overwrite", action="store_true", help="allow --output to replace an existing file")
+    p.add_argument("--bicubic", action="store_true", help="evaluate the bicubic baseline instead of a network")
+    p.add_argument("--device", "-g", type=device_arg, default="cpu",
+                   help="cpu, cuda, cuda:N (or just N), mps or auto")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"],
+                   help="inference runtime; auto: the fastest installed for the device (see `lesrcnn bench`)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
+                   help="int8: CPU, OpenVINO or ONNX Runtime (quantised once per weights, cached); "
+                        "fp16/bf16: CUDA")
+    p.add_argument("-j", "--threads", type=int, help="CPU threads of the onnx/openvino runtimes (default: torch's)")
+    p.set_defaults(func=run)
+    return p
+
+
+def _check_output(out: Path, datasets: Iterable[Dataset], overwrite: bool) -> None:
+    """Results never replace a benchmark image, nor any existing file without --overwrite."""
+    if out.is_dir():
+        raise LesrcnnError(f"--output {out} is a folder; name a file")
+    if not out.exists():
+        return
+    for ds in datasets:
+        for pair in ds.pairs:
+            if any(p is not None and p.exists() and os.path.samefile(p, out) for p in (pair.hr, pair.lr)):
+                raise LesrcnnError(f"--output {out} is an image of {ds.name}; choose another file")
+    if not overwrite:
+        raise LesrcnnError(f"{out} exists; pass --overwrite to replace it")
+
+
+def run(a) -> int:
+    import sys
+
+    from tqdm import tqdm
+
+    from . import weights as W
+    from .data import find_dataset
+    from .io import atomic_write_text
+    from .upscale import pick_device, prepare
+
+    scales = a.scale or [2]
+    datasets = {(d, s): find_dataset(d, s) for s in scales for d in a.data}  # validate all folders first
+    if a.output:
+        _check_output(Path(a.output), datasets.values(), a.overwrite)
+    model, method = None, "Bicubic"
+    if not a.bicubic:
+        ck = W.load(a.weights)
+        for s in scales:
+            ck.require_scale(s)
+        from .backends import create
+
+        device = pick_device(a.device)
+        prepare(ck.model, device)  # the allocator tuning; the engine holds its own copy
+        model = create(ck.model, a.backend, a.precision, device, a.threads, tuple(scales))
+        print(f"eval: {model.name} backend, {model.precision}", file=sys.stderr)
+        method = "LESRCNN-S" if len(ck.scales) > 1 else "LESRCNN"
+    results = []
+    total = sum(len(ds.pairs) for ds in datasets.values())
+    with tqdm(total=total, desc="eval", file=sys.stderr, dynamic_ncols=True, disable=None) as bar:
+        for (_, s), ds in datasets.items():
+            results.append(evaluate(model, ds, s, a.quantize, bar, method=method))
+    text = format_results(results, a.format)
+    print(text)
+    if a.output:
+        atomic_write_text(a.output, text + "\n", overwrite=a.overwrite)  # a file made meanwhile is kept
+    return 0

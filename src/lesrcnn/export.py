@@ -1,28 +1,29 @@
-"""Deployment: ONNX export (fp32, fp16), INT8 post-training quantisation, ONNX Runtime inference.
+"""Deployment: ONNX export (fp32, fp16), INT8 post-training quantisation, ``lesrcnn export``.
 
-The ONNX graph is written node by node from the network's structure (no tracing): every
-ablation variant and every scale of a multi-scale model gets an exact graph, with dynamic
-batch, height and width and the scale baked in (one file per scale). Two exact rewrites
-make it cheaper than a literal transcription, as in the PyTorch fast path:
+The ONNX graph is ``torch.onnx.export`` of the network itself (the TorchScript exporter,
+``dynamo=False``: it needs no onnxscript), after the exact RB rewrite
+:func:`lesrcnn.model.fuse_rb`, so the graph computes ``U'(g + h0)``, one upsampler pass. Every
+ablation variant and every scale of a multi-scale model exports; batch, height and width are
+dynamic and the scale is baked in (one file per scale). Inference on these graphs (ONNX
+Runtime, OpenVINO) lives in :mod:`lesrcnn.backends`.
 
-- RB: ``U(g) + U(h0)`` is written ``U_linear(g + h0) + 2 b`` (U is affine), one upsampler pass;
-- the ReLU after the RB is applied before the last PixelShuffle (it is elementwise), and the
-  mean added back at the end is the bias of the last convolution.
-
-``onnx_runner`` turns a checkpoint (or an ``.onnx`` file) into a numpy -> numpy function
-for ``lesrcnn upscale --backend onnx``; ``quantize_int8`` makes the INT8 model (QDQ, per-channel
-weights, static activation ranges calibrated on LR patches cut from a folder of images).
+``quantize_int8`` makes the INT8 model (QDQ, per-channel weights, static activation ranges
+calibrated on LR patches), after cross-layer channel equalisation (``equalize``).
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
+import torch
+from torch import nn
 
 from .errors import LesrcnnError
 
@@ -36,7 +37,6 @@ INPUT, OUTPUT = "input", "output"
 def _need_onnx():
     try:
         import onnx  # noqa: F401
-        from onnx import helper, numpy_helper  # noqa: F401
     except ImportError:
         raise LesrcnnError("ONNX export needs the 'onnx' package: pip install 'lesrcnn[onnx]'") from None
     return onnx
@@ -52,88 +52,49 @@ def _need_ort():
 
 # --- graph ---------------------------------------------------------------------------------------
 
-def build_onnx(model, scale: int, opset: int = DEFAULT_OPSET, fp16: bool = False, metadata: dict | None = None):
+class AtScale(nn.Module):
+    """``model`` at a fixed scale, float32 in and out (``dtype`` inside): what an export holds."""
+
+    def __init__(self, model, scale: int, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.model, self.scale, self.dtype = model, scale, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dtype == torch.float32:
+            return self.model(x, self.scale)
+        return self.model(x.to(self.dtype), self.scale).to(torch.float32)
+
+
+def to_onnx(model, scale: int, opset: int = DEFAULT_OPSET, fp16: bool = False, metadata: dict | None = None):
     """An ``onnx.ModelProto`` computing ``model`` at ``scale``: float32 NCHW RGB in [0, 1] ->
     float32 NCHW (sH, sW), unclamped. With ``fp16`` the weights and arithmetic are float16 and
     Cast nodes keep the float32 interface."""
     onnx = _need_onnx()
-    import torch
-    from onnx import TensorProto, helper, numpy_helper
-
     from . import __version__
-    from .model import check_scale
+    from .model import check_scale, fuse_rb
 
     if opset < MIN_OPSET:
         raise LesrcnnError(f"--opset {opset}: LESRCNN needs opset {MIN_OPSET} or later (DepthToSpace CRD)")
-    if opset > onnx.defs.onnx_opset_version():
-        raise LesrcnnError(f"--opset {opset}: this onnx package supports at most {onnx.defs.onnx_opset_version()}")
-    try:
-        check_scale(int(scale), model.scales)
-    except ValueError as e:
-        raise LesrcnnError(str(e)) from None
-    v = model.v
-    wdt = np.float16 if fp16 else np.float32
-    nodes: list = []
-    inits: list = []
-    names: set[str] = set()
-
-    def const(name: str, t) -> str:
-        a = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
-        inits.append(numpy_helper.from_array(a.astype(wdt), name))
-        return name
-
-    def node(op: str, inputs: list[str], name: str, **attrs) -> str:
-        assert name not in names, name
-        names.add(name)
-        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
-        return name
-
-    def conv(x: str, w, name: str, bias=None) -> str:
-        k = int(w.shape[-1])
-        ins = [x, const(f"{name}.weight", w)] + ([const(f"{name}.bias", bias)] if bias is not None else [])
-        return node("Conv", ins, name, kernel_shape=[k, k], pads=[k // 2] * 4, strides=[1, 1], dilations=[1, 1],
-                    group=1)
-
-    mean = model.mean.detach().float().cpu().view(1, 3, 1, 1)
-    x = INPUT
-    if fp16:
-        x = node("Cast", [x], "input_fp16", to=TensorProto.FLOAT16)
-    x = node("Sub", [x, const("mean", mean)], "sub_mean")
-    h0 = node("Relu", [conv(x, model.head.weight, "head")], "head_relu")
-    h = h0
-    for i, (c3, c1) in enumerate(zip(model.body3, model.body1)):
-        t = node("Relu", [conv(h, c3.weight, f"body3.{i}")], f"body3.{i}.relu")
-        t = conv(t, c1.weight, f"body1.{i}")
-        if v.residual:
-            t = node("Add", [h, t], f"unit{i}.add")
-        h = node("Relu", [t], f"unit{i}.relu")
-    up = model.upsample[f"x{scale}"]
-    convs = [m for m in up if isinstance(m, torch.nn.Conv2d)]
-    stages = [2, 2] if scale == 4 else [scale]
-    r = node("Add", [h, h0], "rb.sum") if v.local_fusion else h
-    for j, (c, s) in enumerate(zip(convs, stages)):
-        b = 2 * c.bias if v.local_fusion else c.bias
-        r = conv(r, c.weight, f"upsample.x{scale}.{2 * j}", bias=b)
-        if j == len(convs) - 1:
-            r = node("Relu", [r], "rb.relu")  # commutes with the PixelShuffle that follows
-        r = node("DepthToSpace", [r], f"upsample.x{scale}.{2 * j + 1}", blocksize=s, mode="CRD")
-    for i, c in enumerate(model.irb):
-        r = node("Relu", [conv(r, c.weight, f"irb.{i}")], f"irb.{i}.relu")
-    y = conv(r, model.tail.weight, "tail", bias=mean.flatten())
-    if fp16:
-        y = node("Cast", [y], "output_fp32", to=TensorProto.FLOAT)
-    nodes.append(helper.make_node("Identity", [y], [OUTPUT], name="output"))
-    inp = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", 3, "height", "width"])
-    out = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", 3, "out_height", "out_width"])
-    graph = helper.make_graph(nodes, f"LESRCNN_x{scale}", [inp], [out], initializer=inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="lesrcnn",
-                          producer_version=__version__)
-    m.ir_version = helper.find_min_ir_version_for(list(m.opset_import))  # readable by older runtimes
+    if opset > min(onnx.defs.onnx_opset_version(), 20):
+        raise LesrcnnError(f"--opset {opset}: the exporter supports at most {min(onnx.defs.onnx_opset_version(), 20)}")
+    scale = check_scale(scale, model.scales)
+    dtype = torch.float16 if fp16 else torch.float32
+    net = AtScale(fuse_rb(model).to(device="cpu", dtype=dtype, memory_format=torch.contiguous_format).eval(),
+                  scale, dtype)
+    buf = io.BytesIO()
+    dyn = {INPUT: {0: "batch", 2: "height", 3: "width"}, OUTPUT: {0: "batch", 2: "out_height", 3: "out_width"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notices
+        torch.onnx.export(net, (torch.rand(1, 3, 8, 8),), buf, dynamo=False, opset_version=opset,
+                          input_names=[INPUT], output_names=[OUTPUT], dynamic_axes=dyn, do_constant_folding=True)
+    m = onnx.load_from_string(buf.getvalue())
+    m.graph.name = f"LESRCNN_x{scale}"
+    m.producer_name, m.producer_version = "lesrcnn", __version__
     meta = {"architecture": "LESRCNN", "variant": model.variant, "scale": str(scale),
             "scales_of_source": ",".join(map(str, model.scales)), "precision": "fp16" if fp16 else "fp32",
             "input": "float32 NCHW RGB in [0,1], any height/width", "output": "float32 NCHW, unclamped",
             "code_version": __version__, **{k: str(val) for k, val in (metadata or {}).items()}}
-    helper.set_model_props(m, meta)
+    onnx.helper.set_model_props(m, meta)
     onnx.checker.check_model(m, full_check=True)
     return m
 
@@ -148,111 +109,40 @@ def model_scale(proto) -> int | None:
     return None
 
 
-# --- ONNX Runtime --------------------------------------------------------------------------------
+def hr_modules(model, scale: int) -> list[str]:
+    """ONNX node scopes of the RB and of every convolution that runs above LR resolution."""
+    from .model import conv_calls, fuse_rb
 
-def default_providers() -> list[str]:
-    ort = _need_ort()
-    avail = ort.get_available_providers()
-    return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in avail else []) + ["CPUExecutionProvider"]
-
-
-def session(model, providers: list[str] | None = None, threads: int = 0, spin: bool = True):
-    """An InferenceSession on a ModelProto, serialized bytes or a path; all graph optimisations on
-    (they add the Conv+ReLU/Add fusions and the NCHWc layout on CPU)."""
-    ort = _need_ort()
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    if not spin:  # idle pool threads sleep at once instead of spinning (fair when sharing the CPU)
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    src = model if isinstance(model, (bytes, str, os.PathLike)) else model.SerializeToString()
-    if isinstance(src, os.PathLike):
-        src = str(src)
-    providers = providers or default_providers()
-    try:
-        return ort.InferenceSession(src, sess_options=so, providers=providers)
-    except Exception as e:  # onnxruntime raises its own exception types
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LesrcnnError(f"ONNX Runtime cannot load the model: {msg[:240]}") from None
+    fused = fuse_rb(model)
+    names = {id(m): n for n, m in fused.named_modules()}
+    out = [f"x{scale}"]  # the RB's upsampler: torch.onnx names its scope by the ModuleDict key
+    out += [names[id(c)] for c, ratio in conv_calls(fused, scale) if ratio > 1 and not
+            names[id(c)].startswith("upsample.")]
+    return out
 
 
-def _wrap(sess) -> Callable[[np.ndarray], np.ndarray]:
-    name = sess.get_inputs()[0].name
-
-    def run(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise LesrcnnError(f"the ONNX model takes an N x 3 x H x W array, got shape {tuple(x.shape)}")
-        return sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
-
-    run.session = sess  # type: ignore[attr-defined]
-    return run
-
-
-_RUNNERS: dict = {}
-
-
-def onnx_runner(checkpoint, scale: int, providers: list[str] | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """numpy NCHW float32 in [0, 1] -> numpy NCHW float32 SR output, through ONNX Runtime.
-
-    ``checkpoint``: a ``weights.Checkpoint`` (exported in memory, cached per model and scale) or
-    the path of an ``.onnx`` file (its baked-in scale must be ``scale``). CPU execution provider
-    by default, CUDA first when onnxruntime has it.
-    """
-    onnx = _need_onnx()
-    providers = list(providers) if providers else default_providers()
-    if isinstance(checkpoint, (str, os.PathLike)):
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise LesrcnnError(f"ONNX model not found: {path}")
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception as e:
-            raise LesrcnnError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:160] if str(e) else ''})") \
-                from None
-        s = model_scale(proto)
-        if s is not None and s != scale:
-            raise LesrcnnError(f"{path} is a x{s} model; it cannot upscale x{scale}")
-        return _wrap(session(str(path), providers))
-    model = checkpoint.model
-    if scale not in model.scales:
-        raise LesrcnnError(f"{checkpoint.source} is a x{'/x'.join(map(str, model.scales))} model; "
-                           f"it cannot upscale x{scale}")
-    key = (id(model), scale, tuple(providers), sum(p._version for p in model.parameters()))
-    if key not in _RUNNERS:
-        if len(_RUNNERS) > 8:
-            _RUNNERS.clear()
-        proto = build_onnx(model, scale, metadata={"source": Path(str(checkpoint.source)).name})
-        _RUNNERS[key] = _wrap(session(proto, providers))
-    return _RUNNERS[key]
+def conv_nodes(proto, *modules: str) -> list[str]:
+    """Names of the Conv nodes of the given top-level modules (e.g. "head", "tail")."""
+    return [n.name for n in proto.graph.node if n.op_type == "Conv"
+            and any(f"/{m}/" in n.name + "/" for m in modules)]
 
 
 # --- verification --------------------------------------------------------------------------------
 
 def torch_reference(model, x: np.ndarray, scale: int) -> np.ndarray:
-    """The plain eager PyTorch output (unfused, NCHW, float32) for verification."""
-    import copy
-
-    import torch
-
-    ref = copy.deepcopy(model).float().eval().cpu()
-    ref.fuse_rb = False
-    ref.fast_cpu = False
+    """The plain module's output (unfused RB, NCHW, float32 on CPU) for verification."""
+    ref = model.float().eval().cpu()
     with torch.no_grad():
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        y = ref(t, scale) if ref.multiscale else ref(t)
-    return y.numpy()
+        return ref(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), scale).numpy()
 
 
-def verify(proto, model, scale: int, size: tuple[int, int] = (37, 29), seed: int = 0,
-           providers: list[str] | None = None) -> float:
+def verify(proto, model, scale: int, size: tuple[int, int] = (37, 29), seed: int = 0) -> float:
     """Run ONNX Runtime and PyTorch on one random image; returns the max abs difference."""
+    from .backends import ort_session
+
     rng = np.random.default_rng(seed)
     x = rng.random((1, 3, *size), dtype=np.float32)
-    sess = session(proto, providers or ["CPUExecutionProvider"])
-    y = sess.run(None, {INPUT: x})[0]
+    y = ort_session(proto).run(None, {INPUT: x})[0]
     ref = torch_reference(model, x, scale)
     if y.shape != ref.shape:
         raise LesrcnnError(f"ONNX output shape {y.shape} differs from PyTorch {ref.shape}")
@@ -292,18 +182,35 @@ def calibration_patches(folder: str | os.PathLike, scale: int, count: int = 48, 
     return out
 
 
-def synthetic_patches(count: int = 16, lr_patch: int = 64, seed: int = 0) -> list[np.ndarray]:
-    """Smooth images with edges, when no calibration folder is given (benchmarks: speed only)."""
+def synthetic_patches(count: int = 16, lr_patch: int = 64, seed: int = 0, scale: int = 2) -> list[np.ndarray]:
+    """LR patches made like the test data from synthetic "dead leaves" images (occluding discs
+    with power-law radii, colour gradients and fine texture: the scale-invariant edge and
+    colour statistics of natural images), MATLAB-bicubic downscaled by ``scale``. Needs no
+    data set: the calibration set of ``--precision int8`` when no folder is given."""
+    from .resize import imresize
+
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:lr_patch, 0:lr_patch].astype(np.float32)
+    side = lr_patch * scale
     out = []
     for _ in range(count):
-        img = np.empty((1, 3, lr_patch, lr_patch), np.float32)
-        for c in range(3):
-            fx, fy, ph = rng.uniform(0.05, 0.5, 3)
-            img[0, c] = 0.5 + 0.35 * np.sin(fx * xx + ph) * np.cos(fy * yy - c)
-        img[:, :, (xx // 7 + yy // 5) % 2 == 0] *= 0.6
-        out.append(np.clip(img + rng.normal(0, 0.01, img.shape).astype(np.float32), 0, 1))
+        img = np.empty((side, side, 3), np.float32)
+        img[:] = rng.uniform(0.1, 0.9, 3)
+        radii = (side / 24) * (1 - rng.random(160)) ** (-1 / 2)  # density ~ r^-3, clipped below
+        for r in np.sort(np.minimum(radii, side / 2))[::-1]:  # large discs first, small ones on top
+            cy, cx = rng.uniform(-r / 2, side + r / 2, 2)
+            y0, y1 = max(0, int(cy - r - 1)), min(side, int(cy + r + 2))
+            x0, x1 = max(0, int(cx - r - 1)), min(side, int(cx + r + 2))
+            if y0 >= y1 or x0 >= x1:
+                continue
+            yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+            mask = np.clip(r - np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2), 0, 1)[..., None]  # soft 1-px edge
+            base, grad = rng.uniform(0.0, 1.0, 3), rng.normal(0, 0.3 / side, (2, 3))
+            colour = base + (yy - cy)[..., None] * grad[0] + (xx - cx)[..., None] * grad[1]
+            img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * (1 - mask) + colour * mask
+        img += rng.normal(0, rng.uniform(0.005, 0.03), img.shape).astype(np.float32)  # sensor-like texture
+        hr = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+        lr = imresize(hr, 1.0 / scale)
+        out.append(np.ascontiguousarray(lr.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255))
     return out
 
 
@@ -317,21 +224,12 @@ def equalize(model, patches: Iterable[np.ndarray], scale: int, beta: float = 1.0
     channel c divided by s_c. Here s_c = min((M / m_c) ** beta, max_gain), m_c the channel's
     calibrated range (quantile ``q`` of its activations on ``patches``) and M the largest: weak
     channels get more of the 256 activation levels, and the cap keeps the next layer's
-    per-channel weight quantisation from losing them. Applied to the IEEB's 3x3 -> 1x1 pairs and
-    to the HR chain RB -> IRB -> last conv (through the PixelShuffle)."""
-    import copy
+    per-channel weight quantisation from losing them. Applied to every pair of :func:`relu_pairs`
+    (for LESRCNN: the IEEB's 3x3 -> 1x1 pairs and the HR chain RB -> IRB -> last conv)."""
+    from .model import fuse_rb
 
-    import torch
-
-    m = copy.deepcopy(model).float().eval().cpu()
-    m.fast_cpu, m.fuse_rb = False, False
-    up = m.upsample[f"x{scale}"]
-    up_last = [c for c in up if isinstance(c, torch.nn.Conv2d)][-1]
-    r = (scale if scale != 4 else 2) ** 2
-    # (producer conv, consumer conv, sub-channels per channel of the producer)
-    pairs = [(c3, c1, 1) for c3, c1 in zip(m.body3, m.body1)]
-    chain = [up_last] + list(m.irb) + [m.tail]
-    pairs += [(a, b, r if a is up_last else 1) for a, b in zip(chain[:-1], chain[1:])]
+    m = fuse_rb(model).float().eval().cpu()
+    pairs = relu_pairs(m, scale)
     stats: dict = {id(b): [] for _, b, _ in pairs}
 
     def channel_range(v: torch.Tensor) -> torch.Tensor:
@@ -343,7 +241,7 @@ def equalize(model, patches: Iterable[np.ndarray], scale: int, beta: float = 1.0
     with torch.no_grad():
         for x in patches:
             t = torch.from_numpy(x)
-            m(t, scale) if m.multiscale else m(t)
+            m(t, scale)
     for h in hooks:
         h.remove()
     with torch.no_grad():
@@ -357,12 +255,46 @@ def equalize(model, patches: Iterable[np.ndarray], scale: int, beta: float = 1.0
             if a.bias is not None:
                 a.bias.mul_(s_out.to(a.bias.dtype))
             b.weight.div_(s.view(1, -1, 1, 1).to(b.weight.dtype))
-    m.fast_cpu, m.fuse_rb = True, True
     return m
 
 
+def relu_pairs(model, scale: int) -> list[tuple[nn.Conv2d, nn.Conv2d, int]]:
+    """(producer, consumer, sub) for every conv whose output reaches exactly one other conv
+    through a ReLU (and PixelShuffles, ``sub`` producer channels per consumer channel) and
+    nothing else: the pairs where cross-layer equalisation is exact. Found by tracing the
+    module (torch.fx), so it follows the network's definition."""
+    import torch.fx as fx
+
+    gm = fx.symbolic_trace(model, concrete_args={"scale": scale})
+    mods = dict(gm.named_modules())
+
+    def conv(n: fx.Node) -> nn.Conv2d | None:
+        m = mods.get(n.target) if n.op == "call_module" else None
+        return m if isinstance(m, nn.Conv2d) else None
+
+    pairs = []
+    for node in gm.graph.nodes:
+        a = conv(node)
+        if a is None:
+            continue
+        n, sub, relu = node, 1, False
+        while len(n.users) == 1:
+            n = next(iter(n.users))
+            m = mods.get(n.target) if n.op == "call_module" else None
+            if isinstance(m, nn.PixelShuffle):
+                sub *= m.upscale_factor ** 2
+            elif n.op == "call_function" and n.target in (torch.relu, torch.nn.functional.relu):
+                relu = True
+            else:
+                break
+        b = conv(n)
+        if b is not None and relu:
+            pairs.append((a, b, sub))
+    return pairs
+
+
 def quantize_int8(proto, patches: Iterable[np.ndarray], per_channel: bool = True, method: str = "percentile",
-                  exclude_io: bool = True, exclude: Iterable[str] = (), percentile: float = 99.99):
+                  exclude_io: bool = True, exclude: Iterable[str] = (), percentile: float = 99.99, progress=None):
     """Static post-training INT8 (QDQ: uint8 activations, int8 per-channel weights) with ONNX
     Runtime's tooling; activation ranges from ``patches``. The first and last convolutions (3
     channels in / out) stay float: they cost ~0.5% of the MACs and hold most of the error."""
@@ -380,13 +312,15 @@ def quantize_int8(proto, patches: Iterable[np.ndarray], per_channel: bool = True
 
         def get_next(self):
             x = next(self.it, None)
+            if x is not None and progress is not None:
+                progress(1)
             return None if x is None else {INPUT: x}
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     if method not in methods:
         raise LesrcnnError(f"unknown calibration method {method!r}")
-    exclude = (["head", "tail"] if exclude_io else []) + list(exclude)
+    exclude = (conv_nodes(proto, "head", "tail") if exclude_io else []) + list(exclude)
     with tempfile.TemporaryDirectory(prefix="lesrcnn-int8-") as d:
         src, pre, dst = Path(d, "fp32.onnx"), Path(d, "pre.onnx"), Path(d, "int8.onnx")
         onnx.save(proto, str(src))
@@ -409,15 +343,20 @@ def quantize_int8(proto, patches: Iterable[np.ndarray], per_channel: bool = True
 
 
 def int8_model(model, scale: int, patches: list[np.ndarray], method: str = "percentile", equalise: bool = True,
-               opset: int = DEFAULT_OPSET, metadata: dict | None = None):
-    """What ``lesrcnn export --int8`` writes: (optionally) channel-equalised copy of the network,
-    exported to ONNX, then statically quantised with ranges calibrated on ``patches``."""
+               opset: int = DEFAULT_OPSET, metadata: dict | None = None, progress=None, float_hr: int = 0):
+    """What ``lesrcnn export --int8`` writes and ``--precision int8`` runs: (optionally) a
+    channel-equalised copy of the network, exported to ONNX, then statically quantised with
+    ranges calibrated on ``patches``. ``progress(n)`` is called per calibration patch.
+    ``float_hr``: how many layers from the RB on (the upsampler, then the IRB's) stay float
+    (measured: nearly all of LESRCNN's INT8 error comes from quantising the RB and what follows)."""
     src = equalize(model, patches, scale) if equalise else model
-    proto = build_onnx(src, scale, opset=opset, metadata=metadata)
-    q = quantize_int8(proto, patches, method=method)
-    if equalise:
+    proto = to_onnx(src, scale, opset=opset, metadata=metadata)
+    hr = hr_modules(model, scale)[:float_hr]
+    q = quantize_int8(proto, patches, method=method, progress=progress, exclude=conv_nodes(proto, *hr))
+    if equalise or float_hr:
         props = {p.key: p.value for p in q.metadata_props}
-        props["quantization"] += ", cross-layer channel equalisation"
+        props["quantization"] += (", cross-layer channel equalisation" if equalise else "") + \
+            (f", float {'+'.join(hr)}" if hr else "")
         del q.metadata_props[:]
         _need_onnx().helper.set_model_props(q, props)
     return q
@@ -426,21 +365,10 @@ def int8_model(model, scale: int, patches: list[np.ndarray], method: str = "perc
 # --- files and the command -----------------------------------------------------------------------
 
 def save_onnx(proto, path: str | os.PathLike) -> Path:
-    """Atomic write (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a normal file's mode instead
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from .io import atomic_write_bytes
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(path, proto.SerializeToString())
 
 
 def output_paths(out: str, scales: list[int]) -> dict[int, Path]:
@@ -460,7 +388,7 @@ def add_export(sub) -> None:
     p.add_argument("--weights", help="checkpoint (ours or an official .pth); default: the embedded weights")
     p.add_argument("--scale", "-s", type=int, action="append", choices=[2, 3, 4],
                    help="scale to bake in (repeatable; default: every scale of the checkpoint, one file each)")
-    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="output format")
     p.add_argument("-o", "--output", required=True,
                    help="output file; with several scales '{scale}' in the name is replaced (else _xS is added)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
@@ -474,7 +402,7 @@ def add_export(sub) -> None:
     p.add_argument("--no-equalise", action="store_true",
                    help="INT8 without cross-layer channel equalisation (on by default: exact in fp32, "
                         "less INT8 error)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.set_defaults(func=cmd_export)
 
@@ -502,7 +430,7 @@ def cmd_export(a) -> int:
         Path(a.calib)  # checked in calibration_patches
     src_name = Path(str(ck.source)).name
     for s, path in paths.items():
-        proto = build_onnx(ck.model, s, opset=a.opset, fp16=a.fp16, metadata={"source": src_name})
+        proto = to_onnx(ck.model, s, opset=a.opset, fp16=a.fp16, metadata={"source": src_name})
         note = ""
         if not a.no_verify:
             diff = verify(proto, ck.model, s)
@@ -521,7 +449,9 @@ def cmd_export(a) -> int:
             onnx.checker.check_model(proto)
             if not a.no_verify:
                 x = patches[0]
-                y = session(proto, ["CPUExecutionProvider"]).run(None, {INPUT: x})[0]
+                from .backends import ort_session
+
+                y = ort_session(proto).run(None, {INPUT: x})[0]
                 ref = torch_reference(ck.model, x, s)
                 d = float(np.abs(np.clip(y, 0, 1) - np.clip(ref, 0, 1)).mean())
                 note = f", INT8 mean |error| on a calibration patch = {d * 255:.2f}/255"

@@ -1,38 +1,31 @@
 """Files: atomic writes, and images as users have them.
 
-Atomic writes go to a temporary file in the target folder and are renamed over the target,
-so nothing is ever half-written.
+Atomic writes go to ``.NAME.lesrcnn-tmp-XXXXXXXX`` beside the target, then are renamed onto it (or
+hard-linked, which never replaces, when overwriting is not allowed): nothing is ever half-written.
 
-Images are read into a :class:`Picture`: the colour planes (gray or RGB) as uint8 or uint16,
-the alpha plane apart, and what must travel to the output (ICC profile, DPI, EXIF). What the
-readers take care of:
-
-- palette, 1-bit, premultiplied and RGBX modes are expanded; CMYK (and LAB/HSV/YCbCr) is
-  converted to RGB with a warning (through its ICC profile when littlecms is available);
-- 16-bit files stay 16-bit: gray 16-bit PNG/TIFF natively, and 16-bit RGB/RGBA PNG/TIFF and
-  gray+alpha PNG (which Pillow would cut to 8 bits) by decoding them twice with Pillow's own
-  C decoders, once for the high and once for the low byte of every sample;
-- EXIF orientation is applied to the pixels and removed from the EXIF carried over;
-- the pixel count is checked from the header, before decoding (decompression bombs).
-
-Writers: Pillow for 8-bit files; our own small encoders for 16-bit PNG and TIFF (Pillow cannot
-write 16-bit colour).
+Images are read into a :class:`Picture` (colour planes, alpha apart, ICC/DPI/EXIF to carry over).
+Pillow identifies every file, checks the pixel count from the header (decompression bombs) and
+decodes 8-bit images; 16-bit colour or alpha, which Pillow cuts to 8 bits, is decoded by OpenCV
+(PNG) or tifffile (TIFF), and written by them; Pillow writes 8-bit files. Metadata a format cannot
+hold (a 5 MiB ICC profile in a PNG, a DPI beyond its field) is dropped with a warning.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import math
 import os
+import re
+import secrets
 import struct
-import sys
-import tempfile
 import threading
+import time
 import warnings
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -40,41 +33,96 @@ from .errors import LesrcnnError
 
 # --- atomic writes -------------------------------------------------------------------------------
 
+TEMP_MARK = ".lesrcnn-tmp-"
+_TEMP_NAME = re.compile(r"\..*\.lesrcnn-tmp-[0-9a-f]{8}", re.DOTALL)
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+
+def _create_temp(path: Path) -> tuple[BinaryIO, str]:
+    """Created exclusively with mode 0o666 like any file, so the kernel applies the umask (no
+    process-wide umask probing); locked, so clean_stale_temps leaves it alone while we live."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name[:200]}{TEMP_MARK}{secrets.token_hex(4)}")
+        with contextlib.suppress(FileExistsError):
+            f = open(tmp, "xb")  # noqa: SIM115 - closed by atomic_output
+            _try_lock(f.fileno())
+            return f, tmp
+    raise FileExistsError(errno.EEXIST, "cannot create a temporary file", str(path))
+
+
+def _try_lock(fd: int) -> bool:
+    """Exclusive advisory lock, no waiting: False only when another process holds one."""
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except (ImportError, OSError):  # no flock here (Windows, some file systems)
+        pass
+    return True
+
+
+def _publish(tmp: str, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        return os.replace(tmp, path)
+    try:  # a hard link is atomic and never replaces: of two writers of one name, one wins
+        os.link(tmp, path)
+        return os.unlink(tmp)
+    except FileExistsError:
+        pass
+    except OSError:  # no hard links on this file system (FAT, some shares): check, then rename
+        if not os.path.lexists(path):
+            return os.rename(tmp, path)
+    raise FileExistsError(errno.EEXIST, "already exists (pass --overwrite to replace it)", str(path))
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Open a temporary file beside ``path`` for writing; on success it replaces ``path``.
+def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path`` when the block ends without an exception.
 
-    On any exception the temporary file is removed and ``path`` is left as it was. The file
-    gets the permissions of a normally created file (mkstemp would make it 0600).
+    On any exception (SIGTERM's included: BaseException) the temp file is removed and ``path``
+    is untouched. ``overwrite=False``: FileExistsError if ``path`` exists when the block ends.
+    OS errors name ``path``, never the hidden temp file.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    path, tmp = Path(path), ""
     try:
-        with os.fdopen(fd, "wb") as f:
+        f, tmp = _create_temp(path)
+        with f:
             yield f
-        with contextlib.suppress(OSError):
-            os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            f.flush()
+            os.fsync(f.fileno())
+        _publish(tmp, path, overwrite)
+    except OSError as e:
+        if e.errno is None or (e.filename is not None and TEMP_MARK not in str(e.filename)):
+            raise
+        raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from None
+    finally:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_output(path) as f:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> Path:
+    with atomic_output(path, overwrite) as f:
         f.write(data)
     return Path(path)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
+    return atomic_write_bytes(path, text.encode(), overwrite)
+
+
+def clean_stale_temps(folder: str | os.PathLike, older_than_s: float = 600.0) -> int:
+    """Remove temp files a killed run (kill -9, power loss) left in ``folder``: only our names, only
+    files older than ``older_than_s`` that no live writer holds locked. Returns how many went."""
+    removed, cutoff = 0, time.time() - older_than_s
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for e in [e for e in entries if _TEMP_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False)]:
+            with contextlib.suppress(OSError), open(e.path, "rb") as f:
+                if e.stat(follow_symlinks=False).st_mtime <= cutoff and _try_lock(f.fileno()):
+                    os.unlink(e.path)
+                    removed += 1
+    return removed
 
 
 # --- images --------------------------------------------------------------------------------------
@@ -82,7 +130,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 #: Input pixels (width x height) above which a file is refused unless the caller raises the limit.
 DEFAULT_MAX_PIXELS = 100_000_000
 
-#: Extensions picked up when a folder is searched for images.
+#: Extensions picked up when a folder is searched for images (the one list: upscale, eval, train).
 READ_EXTS = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".tif", ".tiff", ".webp",
                        ".ppm", ".pgm", ".pnm"})
 
@@ -190,64 +238,71 @@ def _open_image(src):
             Image.MAX_IMAGE_PIXELS = old
 
 
-def _rawmode(im) -> str | None:
-    if not getattr(im, "tile", None):
-        return None
-    args = im.tile[0].args
-    return args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args and
-                                                isinstance(args[0], str) else None)
+def _cv2():
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # errors reach the user as ours
+    return cv2
 
 
-def _with_rawmode(im, rawmode: str) -> None:
-    def swap(args):
-        return rawmode if isinstance(args, str) else (rawmode, *args[1:])
-    im.tile = [t._replace(args=swap(t.args)) for t in im.tile]
+def _critical_chunks(data: bytes) -> bytes:
+    """The PNG with only IHDR, IDAT and IEND: metadata comes from Pillow, and libpng would print
+    warnings about odd ancillary chunks (a bad ICC profile...) on stderr."""
+    view, out, pos = memoryview(data), [data[:8]], 8
+    while pos + 8 <= len(data):
+        n, kind = struct.unpack(">I4s", view[pos:pos + 8])
+        if kind in (b"IHDR", b"IDAT", b"IEND"):
+            out.append(view[pos:pos + 12 + n])
+        pos += 12 + n
+    return b"".join(out)
 
 
-def _byte_orders(rawmode: str) -> tuple[str, str]:
-    """'RGB;16B' -> ('RGB;16B', 'RGB;16L'): the rawmode that yields the high byte, then the low byte."""
-    base, order = rawmode[:-1], rawmode[-1]
-    if order == "N":
-        order = "L" if sys.byteorder == "little" else "B"
-    return base + order, base + ("L" if order == "B" else "B")
+def _png16_planes(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+    cv2 = _cv2()
+    a = cv2.imdecode(np.frombuffer(_critical_chunks(data), np.uint8), cv2.IMREAD_UNCHANGED)  # BGR(A), LA as BGRA
+    if a is None or a.dtype != np.uint16 or a.ndim != 3:
+        raise LesrcnnError("OpenCV could not decode this 16-bit PNG")
+    if a.shape[2] == 3:
+        return cv2.cvtColor(a, cv2.COLOR_BGR2RGB), None
+    rgba = cv2.cvtColor(a, cv2.COLOR_BGRA2RGBA)
+    return (rgba[..., :1] if data[25] == 4 else rgba[..., :3]), rgba[..., 3]  # colour type 4: gray+alpha
 
 
-_HILO_RAWMODES = {f"{m};16{o}" for m in ("RGB", "RGBA") for o in "BLN"}
+def _tiff16_planes(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+    import tifffile
 
-
-def _decode_deep(im, opener: Callable[[], object]) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """16-bit colour/gray+alpha that Pillow would reduce to 8 bits: (color, alpha) as uint16, else None."""
-    rawmode = _rawmode(im)
-    if im.mode in ("RGB", "RGBA") and rawmode in _HILO_RAWMODES and len(im.tile) >= 1:
-        hi_mode, lo_mode = _byte_orders(rawmode)
-        _with_rawmode(im, hi_mode)
-        im.load()
-        hi = np.asarray(im)
-        with opener() as im2:
-            _with_rawmode(im2, lo_mode)
-            im2.load()
-            lo = np.asarray(im2)
-        a = (hi.astype(np.uint16) << 8) | lo.astype(np.uint16)
-        return (a[..., :3], a[..., 3]) if im.mode == "RGBA" else (a, None)
-    if im.format == "PNG" and im.mode == "RGBA" and rawmode == "LA;16B":
-        # 16-bit gray+alpha: the same 4 bytes per pixel as 8-bit RGBA, so the PNG unfiltering matches
-        _with_rawmode(im, "RGBA")
-        im.load()
-        b = np.asarray(im).astype(np.uint16)
-        return ((b[..., 0] << 8) | b[..., 1])[..., None], (b[..., 2] << 8) | b[..., 3]
-    return None
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages[0]
+        try:
+            a = page.asarray()
+            a = np.moveaxis(a, 0, -1) if page.axes.startswith("S") else a  # planar -> interleaved
+        except ValueError as e:
+            if "imagecodecs" not in str(e):
+                raise
+            a = _cv2().imdecode(np.frombuffer(data, np.uint8), -1)  # LZW, JPEG...: libtiff in OpenCV
+            if a is None or a.dtype != np.uint16 or a.ndim != 3 or a.shape[2] != page.samplesperpixel:
+                raise LesrcnnError(f"this 16-bit TIFF's {page.compression.name} compression needs "
+                                   f"'pip install imagecodecs'") from None
+            a = a[..., [2, 1, 0, 3][:a.shape[2]]]  # OpenCV's BGR(A) -> RGB(A)
+        ncolor = 3 if page.photometric == 2 else 1
+        color = a[..., :ncolor]
+        extra = page.extrasamples[0] if page.extrasamples else 2  # no tag: alpha, as Pillow reads it
+        alpha = a[..., ncolor] if a.shape[-1] > ncolor and extra else None  # 0: unspecified, not alpha
+        if alpha is not None and extra == 1:  # associated (premultiplied) alpha
+            w = np.maximum(alpha, 1)[..., None].astype(np.float32)
+            color = np.clip(color * (65535.0 / w) + 0.5, 0, 65535).astype(np.uint16)
+        return color, alpha
 
 
 def _cmyk_to_rgb(im, icc: bytes | None, source: str):
-    from PIL import Image, features
+    from PIL import features
 
     if icc and features.check("littlecms2"):
         try:
             from PIL import ImageCms
 
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            dst = ImageCms.createProfile("sRGB")
-            out = ImageCms.profileToProfile(im, src, dst, outputMode="RGB")
+            out = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
             warn(f"{source}: CMYK image converted to sRGB through its ICC profile")
             return out
         except (ImageCms.PyCMSError, OSError, ValueError):
@@ -256,35 +311,29 @@ def _cmyk_to_rgb(im, icc: bytes | None, source: str):
     return im.convert("RGB")
 
 
+_EXPAND = {"1": "L", "La": "LA", "RGBa": "RGBA", "RGBX": "RGB"}
+
+
 def _standard_planes(im, source: str, icc: bytes | None) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
     """Decoded PIL image -> (color HxWxC, alpha or None, the ICC profile still valid for them)."""
     m = im.mode
     if m in ("P", "PA"):
         im = im.convert("RGBA" if (m == "PA" or "transparency" in im.info) else "RGB")
-    elif m == "1":
-        im = im.convert("L")
-    elif m == "La":
-        im = im.convert("LA")
-    elif m == "RGBa":
-        im = im.convert("RGBA")
-    elif m == "RGBX":
-        im = im.convert("RGB")
+    elif m in _EXPAND:
+        im = im.convert(_EXPAND[m])
     elif m == "CMYK":
         im, icc = _cmyk_to_rgb(im, icc, source), None
     elif m in ("YCbCr", "LAB", "HSV"):
         warn(f"{source}: {m} image converted to RGB")
         im, icc = im.convert("RGB"), None
-    elif m.startswith("I;16"):
-        return np.asarray(im).astype(np.uint16)[..., None], None, icc
-    elif m == "I":
+    elif m.startswith("I;16") or m == "I":
         a = np.asarray(im)
         if a.size and (a.min() < 0 or a.max() > 65535):
             raise LesrcnnError(f"{source}: 32-bit integer image with values outside 0..65535 is not supported")
         return a.astype(np.uint16)[..., None], None, icc
     elif m == "F":
         raise LesrcnnError(f"{source}: 32-bit float images are not supported; convert to 16-bit PNG or TIFF")
-    m = im.mode
-    a = np.asarray(im)
+    a, m = np.asarray(im), im.mode
     if m == "L":
         return a[..., None], None, icc
     if m == "LA":
@@ -298,42 +347,26 @@ def _standard_planes(im, source: str, icc: bytes | None) -> tuple[np.ndarray, np
 
 def orient(a: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation (1..8) to an HxW[xC] array, as Pillow's ``exif_transpose`` does."""
-    if orientation == 2:
-        a = a[:, ::-1]
-    elif orientation == 3:
-        a = a[::-1, ::-1]
-    elif orientation == 4:
-        a = a[::-1]
-    elif orientation == 5:
-        a = a.swapaxes(0, 1)
-    elif orientation == 6:
-        a = np.rot90(a, -1)
-    elif orientation == 7:
-        a = np.rot90(a, 2).swapaxes(0, 1)
-    elif orientation == 8:
-        a = np.rot90(a, 1)
-    return np.ascontiguousarray(a)
+    ops = {2: lambda x: x[:, ::-1], 3: lambda x: x[::-1, ::-1], 4: lambda x: x[::-1], 5: lambda x: x.swapaxes(0, 1),
+           6: lambda x: np.rot90(x, -1), 7: lambda x: np.rot90(x, 2).swapaxes(0, 1), 8: lambda x: np.rot90(x, 1)}
+    return np.ascontiguousarray(ops.get(orientation, lambda x: x)(a))
 
 
 def _clean_dpi(dpi) -> tuple[float, float] | None:
     try:
         x, y = (float(v) for v in dpi)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    if not (math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0):
-        return None
-    return x, y
+    return (x, y) if math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0 else None
 
 
-def _metadata(im, source: str) -> tuple[bytes | None, tuple[float, float] | None, bytes | None, int]:
-    """(ICC, DPI, EXIF without orientation, orientation) of a loaded image."""
+def _picture(im, color, alpha, icc, source: str, decoded: bool = True) -> Picture:
+    """The planes with the file's EXIF orientation applied, and the metadata to carry over."""
     from PIL import Image
 
-    icc = im.info.get("icc_profile") or None
-    dpi = _clean_dpi(im.info.get("dpi"))
     orientation, exif = 1, None
-    try:
-        tags = im.getexif()
+    try:  # undecoded PNG: Pillow would decode it all to find an eXIf after the pixels; take one before
+        tags = im.getexif() if decoded or im.format != "PNG" or "exif" in im.info else Image.Exif()
         orientation = int(tags.get(0x0112, 1) or 1)
         if "exif" in im.info:  # a real EXIF block (TIFF files report their own tags here: not carried)
             e = Image.Exif()
@@ -343,28 +376,35 @@ def _metadata(im, source: str) -> tuple[bytes | None, tuple[float, float] | None
     except Exception:  # noqa: BLE001 - broken EXIF must never stop an upscale
         warn(f"{source}: unreadable EXIF data ignored")
         exif = None
-    return icc, dpi, exif, orientation if 1 <= orientation <= 8 else 1
+    return Picture(color=orient(color, orientation), alpha=None if alpha is None else orient(alpha, orientation),
+                   icc=icc, dpi=_clean_dpi(im.info.get("dpi")), exif=exif, format=im.format, source=source)
 
 
-def _decode(im, opener: Callable[[], object], source: str) -> Picture:
+def _read_head(path: Path, n: int) -> bytes:
+    with path.open("rb") as f:
+        return f.read(n)
+
+
+def _decode(im, data: bytes | None, path: Path | None, source: str) -> Picture:
     if getattr(im, "n_frames", 1) > 1:
         warn(f"{source}: {im.n_frames} frames/pages; only the first is upscaled")
-    deep = _decode_deep(im, opener)
-    if deep is None:
-        im.load()
-    icc, dpi, exif, orientation = _metadata(im, source)
-    if deep is not None:
-        color, alpha = deep
+    icc = im.info.get("icc_profile") or None
+    if im.format == "PNG":  # 16-bit RGB, gray+alpha or RGBA (IHDR bit depth, colour type), which Pillow cuts
+        head = data[:26] if data is not None else _read_head(path, 26)
+        deep = len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
     else:
-        color, alpha, icc = _standard_planes(im, source, icc)
-    color = orient(color, orientation)
-    alpha = orient(alpha, orientation) if alpha is not None else None
-    return Picture(color=color, alpha=alpha, icc=icc, dpi=dpi, exif=exif, format=im.format, source=source)
+        tags = getattr(im, "tag_v2", {}) if im.format == "TIFF" else {}
+        deep = np.max(tags.get(258) or 8) == 16 and tags.get(277, 1) >= 2 and tags.get(262) in (1, 2)
+    if deep:
+        data = data if data is not None else path.read_bytes()
+        color, alpha = (_png16_planes if im.format == "PNG" else _tiff16_planes)(data)
+        return _picture(im, color, alpha, icc, source, decoded=False)
+    im.load()
+    return _picture(im, *_standard_planes(im, source, icc), source)
 
 
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return (s.splitlines()[0] if s else type(e).__name__)[:200]
+def _pixels(n: int) -> str:
+    return f"{n / 1e6:.1f} MP" if n >= 1e6 else f"{n:,} pixels"
 
 
 def read_picture(src: str | os.PathLike | bytes | BinaryIO, max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -376,6 +416,7 @@ def read_picture(src: str | os.PathLike | bytes | BinaryIO, max_pixels: int | No
     """
     from PIL import UnidentifiedImageError
 
+    path, data = None, None
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         name = name or str(path)
@@ -385,30 +426,34 @@ def read_picture(src: str | os.PathLike | bytes | BinaryIO, max_pixels: int | No
             raise LesrcnnError(f"{name}: is a folder, not an image")
         if path.stat().st_size == 0:
             raise LesrcnnError(f"{name}: empty file")
-        opener = lambda: _open_image(path)  # noqa: E731
     else:
-        data = src if isinstance(src, (bytes, bytearray, memoryview)) else src.read()
+        data = bytes(src) if isinstance(src, (bytes, bytearray, memoryview)) else src.read()
         name = name or "<stdin>"
         if len(data) == 0:
             raise LesrcnnError(f"{name}: no data")
-        opener = lambda: _open_image(io.BytesIO(data))  # noqa: E731
     try:
-        with opener() as im:
+        with _open_image(path if path is not None else io.BytesIO(data)) as im:
             w, h = im.size
             if w <= 0 or h <= 0:
                 raise LesrcnnError(f"{name}: zero-size image ({w}x{h})")
             if max_pixels is not None and w * h > max_pixels:
-                raise LesrcnnError(f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP is above the limit of "
-                                   f"{max_pixels / 1e6:g} MP (decompression bomb guard); raise --max-pixels to allow it")
-            return _decode(im, opener, name)
-    except LesrcnnError:
-        raise
+                raise LesrcnnError(f"{name}: {w}x{h} = {_pixels(w * h)} is above the limit of {_pixels(max_pixels)} "
+                                   f"(decompression bomb guard); raise --max-pixels to allow it")
+            return _decode(im, data, path, name)
+    except LesrcnnError as e:
+        raise LesrcnnError(str(e) if str(e).startswith(name) else f"{name}: {e}") from None
     except UnidentifiedImageError:
         raise LesrcnnError(f"{name}: not a readable image (unknown format, damaged header or zero size)") from None
     except MemoryError:
         raise LesrcnnError(f"{name}: not enough memory to decode the image") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError, KeyError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError, KeyError,
+            zlib.error) as e:
         raise LesrcnnError(f"{name}: cannot decode the image ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return (s.splitlines()[0] if s else type(e).__name__)[:200]
 
 
 def picture_from_pil(im, name: str = "<PIL image>") -> Picture:
@@ -416,11 +461,7 @@ def picture_from_pil(im, name: str = "<PIL image>") -> Picture:
     if im.width == 0 or im.height == 0:
         raise LesrcnnError(f"{name}: zero-size image")
     im.load()
-    icc, dpi, exif, orientation = _metadata(im, name)
-    color, alpha, icc = _standard_planes(im, name, icc)
-    color = orient(color, orientation)
-    alpha = orient(alpha, orientation) if alpha is not None else None
-    return Picture(color=color, alpha=alpha, icc=icc, dpi=dpi, exif=exif, format=im.format, source=name)
+    return _picture(im, *_standard_planes(im, name, im.info.get("icc_profile") or None), name)
 
 
 def picture_to_pil(pic: Picture):
@@ -434,12 +475,9 @@ def picture_to_pil(pic: Picture):
         raise LesrcnnError("only 8-bit and 16-bit pictures convert to PIL images")
     planes = c if a is None else np.concatenate([c, a[..., None]], axis=2)
     im = Image.fromarray(np.ascontiguousarray(planes[..., 0] if planes.shape[2] == 1 else planes))  # L/I;16/LA/RGB(A)
-    if pic.icc:
-        im.info["icc_profile"] = pic.icc
-    if pic.dpi:
-        im.info["dpi"] = pic.dpi
-    if pic.exif:
-        im.info["exif"] = pic.exif
+    for key, value in (("icc_profile", pic.icc), ("dpi", pic.dpi), ("exif", pic.exif)):
+        if value:
+            im.info[key] = value
     return im
 
 
@@ -464,109 +502,71 @@ def flatten_alpha(color: np.ndarray, alpha: np.ndarray, background: float = 1.0)
     return out
 
 
-def _png_chunk(f: BinaryIO, kind: bytes, data: bytes) -> None:
-    f.write(struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+def fit_metadata(pic: Picture, fmt: str) -> Picture:
+    """Drop, with a warning, metadata ``fmt`` cannot hold, so that every file written reads back:
+    Pillow refuses a PNG whose ICC profile inflates past 1 MiB; JPEG holds at most 255 ICC
+    segments, 64 KiB of EXIF and 16-bit densities; PNG, BMP and TIFF hold 32-bit pixels per metre."""
+    from PIL import PngImagePlugin
+
+    icc_limit = {"PNG": PngImagePlugin.MAX_TEXT_CHUNK, "JPEG": 255 * (65533 - 14)}.get(fmt, math.inf)
+    if pic.icc and len(pic.icc) > icc_limit:
+        warn(f"{pic.source}: {len(pic.icc):,}-byte ICC profile is too large for {fmt}; not written")
+        pic = replace(pic, icc=None)
+    dpi = _clean_dpi(pic.dpi) if pic.dpi else None
+    if pic.dpi and not (dpi and all((1 <= round(d) <= 65535) if fmt == "JPEG" else (1 <= d / 0.0254 + 0.5 < 2**31)
+                                    for d in dpi)):
+        warn(f"{pic.source}: DPI {pic.dpi[0]:g}x{pic.dpi[1]:g} does not fit a {fmt} file; not written")
+        pic = replace(pic, dpi=None)
+    if pic.exif and fmt == "JPEG" and len(pic.exif) > 65533:
+        warn(f"{pic.source}: {len(pic.exif):,}-byte EXIF block is too large for JPEG; not written")
+        pic = replace(pic, exif=None)
+    return pic
 
 
-def write_png16(f: BinaryIO, planes: np.ndarray, icc: bytes | None = None, dpi: tuple[float, float] | None = None,
-                level: int = 6) -> None:
-    """HxWxC uint16 (C: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) as a 16-bit PNG (Sub filter, zlib)."""
-    h, w, c = planes.shape
-    f.write(b"\x89PNG\r\n\x1a\n")
-    _png_chunk(f, b"IHDR", struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0))
-    if icc:
-        _png_chunk(f, b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))
-    if dpi:
-        ppm = [max(1, round(d / 0.0254)) for d in dpi]
-        _png_chunk(f, b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
-    bpp = 2 * c
-    comp = zlib.compressobj(level)
-    buf = bytearray()
-    rows = max(1, (4 << 20) // max(1, w * bpp))
-    for y in range(0, h, rows):
-        raw = planes[y:y + rows].astype(">u2").view(np.uint8).reshape(-1, w * bpp)
-        filt = raw.copy()
-        filt[:, bpp:] -= raw[:, :-bpp]  # Sub filter: wraps modulo 256 as the PNG spec says
-        block = np.concatenate([np.ones((filt.shape[0], 1), np.uint8), filt], axis=1)
-        buf += comp.compress(block.tobytes())
-        while len(buf) >= 1 << 20:
-            _png_chunk(f, b"IDAT", bytes(buf[:1 << 20]))
-            del buf[:1 << 20]
-    buf += comp.flush()
-    for i in range(0, len(buf), 1 << 20):
-        _png_chunk(f, b"IDAT", bytes(buf[i:i + (1 << 20)]))
-    _png_chunk(f, b"IEND", b"")
+def encodable(pic: Picture, fmt: str) -> Picture:
+    """What ``fmt`` can hold: 16 -> 8 bits outside PNG/TIFF, alpha flattened onto white for JPEG/BMP."""
+    if pic.alpha is not None and fmt not in ALPHA_FORMATS:
+        warn(f"{pic.source}: {fmt} has no alpha channel; transparency flattened onto white")
+        pic = replace(pic, color=flatten_alpha(pic.color, pic.alpha), alpha=None)
+    if pic.bits == 16 and fmt not in DEEP_FORMATS:
+        warn(f"{pic.source}: {fmt} holds 8 bits per sample; the 16-bit result is reduced to 8 bits")
+        pic = replace(pic, color=to_8bit(pic.color), alpha=None if pic.alpha is None else to_8bit(pic.alpha))
+    return fit_metadata(pic, fmt)
 
 
-def _rational(v: float) -> tuple[int, int]:
-    den = 10_000
-    return max(1, round(v * den)), den
+def write_picture(pic: Picture, dst: str | os.PathLike | BinaryIO, fmt: str, quality: int | None = None,
+                  overwrite: bool = True) -> None:
+    """Encode ``pic`` (uint8 or uint16) as ``fmt`` to a path (atomically) or a binary stream."""
+    fmt = fmt.upper()
+    if fmt not in EXTENSION:
+        raise LesrcnnError(f"cannot write format {fmt}: choose one of png, jpg, webp, tiff, bmp")
+    if pic.bits not in (8, 16):
+        raise LesrcnnError("only 8-bit and 16-bit pictures can be written")
+    if max(pic.width, pic.height) > _MAX_SIDE[fmt]:
+        raise LesrcnnError(f"{fmt} cannot hold a {pic.width}x{pic.height} image (at most {_MAX_SIDE[fmt]} pixels a "
+                           f"side); choose png or tiff")
+    if quality is not None and not 1 <= quality <= 100:
+        raise LesrcnnError(f"quality must be 1..100, got {quality}")
+    pic = encodable(pic, fmt)
+    if isinstance(dst, (str, os.PathLike)):
+        with atomic_output(dst, overwrite) as f:
+            _encode(pic, f, fmt, quality)
+    else:
+        _encode(pic, dst, fmt, quality)
 
 
-def write_tiff16(f: BinaryIO, planes: np.ndarray, icc: bytes | None = None,
-                 dpi: tuple[float, float] | None = None, level: int = 6) -> None:
-    """HxWxC uint16 as a little-endian baseline TIFF: deflate with horizontal predictor, one IFD."""
-    h, w, c = planes.shape
-    out = io.BytesIO() if not f.seekable() else None
-    g = out or f
-    start = g.tell()
-    g.write(b"II*\x00" + struct.pack("<I", 0))  # IFD offset patched at the end
-    rows = max(1, (1 << 18) // max(1, w * c * 2))
-    offsets, counts = [], []
-    for y in range(0, h, rows):
-        a = planes[y:y + rows].astype("<u2")
-        d = a.copy()
-        d[:, 1:] -= a[:, :-1]  # predictor 2, per sample, modulo 2^16
-        data = zlib.compress(d.tobytes(), level)
-        offsets.append(g.tell() - start)
-        counts.append(len(data))
-        g.write(data)
-        if g.tell() - start > 0xFFF0_0000:
-            raise LesrcnnError("the image is too large for a classic TIFF (4 GiB); write a PNG instead")
-    entries: list[tuple[int, int, list | bytes]] = [
-        (256, 4, [w]), (257, 4, [h]), (258, 3, [16] * c), (259, 3, [8]), (262, 3, [1 if c <= 2 else 2]),
-        (273, 4, offsets), (277, 3, [c]), (278, 4, [rows]), (279, 4, counts), (284, 3, [1]), (317, 3, [2]),
-        (339, 3, [1] * c)]
-    if dpi:
-        entries += [(282, 5, [_rational(dpi[0])]), (283, 5, [_rational(dpi[1])]), (296, 3, [2])]
-    if c in (2, 4):
-        entries.append((338, 3, [2]))  # unassociated alpha
-    if icc:
-        entries.append((34675, 7, icc))
-    entries.sort(key=lambda e: e[0])
-
-    def pack(typ: int, vals) -> bytes:
-        if typ == 3:
-            return struct.pack(f"<{len(vals)}H", *vals)
-        if typ == 4:
-            return struct.pack(f"<{len(vals)}I", *vals)
-        if typ == 5:
-            return b"".join(struct.pack("<II", *v) for v in vals)
-        return bytes(vals)
-
-    if (g.tell() - start) % 2:
-        g.write(b"\x00")
-    # out-of-line values first (word aligned), then the IFD that points at them
-    extra_at = g.tell() - start
-    extra = bytearray()
-    ifd = [struct.pack("<H", len(entries))]
-    for tag, typ, vals in entries:
-        data = pack(typ, vals)
-        if len(data) > 4:
-            ifd.append(struct.pack("<HHII", tag, typ, len(vals), extra_at + len(extra)))
-            extra += data + b"\x00" * (len(data) % 2)
+def _encode(pic: Picture, f: BinaryIO, fmt: str, quality: int | None) -> None:
+    try:
+        if pic.bits == 16:
+            (_write_png16 if fmt == "PNG" else _write_tiff16)(pic, f)
         else:
-            ifd.append(struct.pack("<HHI", tag, typ, len(vals)) + data.ljust(4, b"\x00"))
-    ifd.append(struct.pack("<I", 0))
-    ifd_at = extra_at + len(extra)
-    g.write(bytes(extra))
-    g.write(b"".join(ifd))
-    end = g.tell()
-    g.seek(start + 4)
-    g.write(struct.pack("<I", ifd_at))
-    g.seek(end)
-    if out is not None:
-        f.write(out.getvalue())
+            picture_to_pil(pic).save(f, format=fmt, **_save_kwargs(fmt, pic, quality))
+    except (ValueError, struct.error, OverflowError) as e:
+        raise LesrcnnError(f"cannot encode {fmt}: {_first_line(e)}") from None
+    except OSError as e:
+        if e.errno is not None:  # a real I/O error (disk full...): the caller names the file
+            raise
+        raise LesrcnnError(f"cannot encode {fmt}: {_first_line(e)}") from None
 
 
 def _save_kwargs(fmt: str, pic: Picture, quality: int | None) -> dict:
@@ -587,44 +587,52 @@ def _save_kwargs(fmt: str, pic: Picture, quality: int | None) -> dict:
     return kw
 
 
-def encodable(pic: Picture, fmt: str) -> Picture:
-    """What ``fmt`` can hold: 16 -> 8 bits outside PNG/TIFF, alpha flattened onto white for JPEG/BMP."""
-    if pic.alpha is not None and fmt not in ALPHA_FORMATS:
-        warn(f"{pic.source}: {fmt} has no alpha channel; transparency flattened onto white")
-        pic = replace(pic, color=flatten_alpha(pic.color, pic.alpha), alpha=None)
-    if pic.bits == 16 and fmt not in DEEP_FORMATS:
-        warn(f"{pic.source}: {fmt} holds 8 bits per sample; the 16-bit result is reduced to 8 bits")
-        pic = replace(pic, color=to_8bit(pic.color), alpha=None if pic.alpha is None else to_8bit(pic.alpha))
-    return pic
+def _write_png16(pic: Picture, f: BinaryIO) -> None:
+    """OpenCV's libpng encoder (fast settings); ICC, DPI and EXIF chunks go in after IHDR, where
+    OpenCV writes none of them. Gray+alpha, which OpenCV cannot write, is encoded as the 8-bit RGBA
+    image with the same bytes per pixel (the PNG filters work on bytes) and IHDR then says LA 16."""
+    from PIL.PngImagePlugin import putchunk
 
-
-def write_picture(pic: Picture, dst: str | os.PathLike | BinaryIO, fmt: str, quality: int | None = None) -> None:
-    """Encode ``pic`` (uint8 or uint16) as ``fmt`` to a path (atomically) or a binary stream."""
-    fmt = fmt.upper()
-    if fmt not in EXTENSION:
-        raise LesrcnnError(f"cannot write format {fmt}: choose one of png, jpg, webp, tiff, bmp")
-    if pic.bits not in (8, 16):
-        raise LesrcnnError("only 8-bit and 16-bit pictures can be written")
-    if max(pic.width, pic.height) > _MAX_SIDE[fmt]:
-        raise LesrcnnError(f"{fmt} cannot hold a {pic.width}x{pic.height} image (at most {_MAX_SIDE[fmt]} pixels a "
-                           f"side); choose png or tiff")
-    if quality is not None and not 1 <= quality <= 100:
-        raise LesrcnnError(f"quality must be 1..100, got {quality}")
-    pic = encodable(pic, fmt)
-    if isinstance(dst, (str, os.PathLike)):
-        with atomic_output(dst) as f:
-            _encode(pic, f, fmt, quality)
+    cv2 = _cv2()
+    c, a = pic.color, pic.alpha
+    if c.shape[2] == 1:  # file bytes G_hi G_lo A_hi A_lo; OpenCV writes its B,G,R,A input as R,G,B,A
+        img = c[..., 0] if a is None else \
+            np.stack([c[..., 0], a], axis=2).astype(">u2").view(np.uint8)[..., [2, 1, 0, 3]]
     else:
-        _encode(pic, dst, fmt, quality)
+        img = cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2BGR) if a is None else \
+            cv2.cvtColor(np.concatenate([c, a[..., None]], axis=2), cv2.COLOR_RGBA2BGRA)
+    fast = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]  # 3x the old speed
+    fast += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS] if hasattr(cv2, "IMWRITE_PNG_FILTER") else []
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(img), fast)
+    if not ok:
+        raise ValueError("OpenCV could not encode the PNG")
+    data = memoryview(buf).cast("B")
+    ihdr = bytes(data[12:29])
+    if c.shape[2] == 1 and a is not None:
+        ihdr = ihdr[:12] + b"\x10\x04" + ihdr[14:]
+    f.write(data[:8])
+    putchunk(f, ihdr[:4], ihdr[4:])
+    if pic.icc:
+        putchunk(f, b"iCCP", b"ICC Profile\0\0", zlib.compress(pic.icc))
+    if pic.dpi:
+        putchunk(f, b"pHYs", struct.pack(">IIB", *(int(d / 0.0254 + 0.5) for d in pic.dpi), 1))
+    if pic.exif:
+        putchunk(f, b"eXIf", pic.exif[6:] if pic.exif.startswith(b"Exif\0\0") else pic.exif)
+    f.write(data[33:])
 
 
-def _encode(pic: Picture, f: BinaryIO, fmt: str, quality: int | None) -> None:
-    if pic.bits == 16:
-        planes = pic.color if pic.alpha is None else np.concatenate([pic.color, pic.alpha[..., None]], axis=2)
-        (write_png16 if fmt == "PNG" else write_tiff16)(f, planes, pic.icc, pic.dpi)
-        return
-    im = picture_to_pil(pic)
-    try:
-        im.save(f, format=fmt, **_save_kwargs(fmt, pic, quality))
-    except (OSError, ValueError) as e:
-        raise LesrcnnError(f"cannot encode {fmt}: {_first_line(e)}") from None
+def _write_tiff16(pic: Picture, f: BinaryIO) -> None:
+    """tifffile: deflate with the horizontal predictor, unassociated alpha, ICC and DPI tags. Gray
+    with alpha is written as RGBA, which Pillow can open (it has no 16-bit gray+alpha TIFF mode)."""
+    import tifffile
+
+    color = pic.color if pic.alpha is None or not pic.gray else np.repeat(pic.color, 3, axis=2)  # Pillow has no LA 16
+    planes = color[..., 0] if color.shape[2] == 1 else \
+        color if pic.alpha is None else np.concatenate([color, pic.alpha[..., None]], axis=2)
+    out = f if f.seekable() else io.BytesIO()
+    tifffile.imwrite(out, planes, photometric="rgb" if color.shape[2] == 3 else "minisblack", compression="zlib",
+                     predictor=True, extrasamples=("unassalpha",) if pic.alpha is not None else None,
+                     iccprofile=pic.icc, resolution=pic.dpi, resolutionunit="INCH" if pic.dpi else None,
+                     metadata=None, bigtiff=planes.nbytes > 0xF000_0000)
+    if out is not f:
+        f.write(out.getvalue())

@@ -9,12 +9,14 @@ The ablation variants of the paper are options of the same class (``variant=``).
 """
 from __future__ import annotations
 
-import weakref
+import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .errors import LesrcnnError
 
 SCALES = (2, 3, 4)
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
@@ -41,10 +43,15 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def check_scale(scale: int, allowed: tuple[int, ...] = SCALES) -> int:
-    if scale not in allowed:
-        raise ValueError(f"unsupported scale {scale!r}: this model serves x{', x'.join(map(str, allowed))}")
-    return int(scale)
+def check_scale(scale, allowed: tuple[int, ...] = SCALES) -> int:
+    """The one scale check: an int in ``allowed`` (2, 3, 4 by default), else a LesrcnnError."""
+    try:
+        s = int(scale)
+    except (TypeError, ValueError):
+        s = None
+    if s is None or s != scale or s not in allowed:
+        raise LesrcnnError(f"unsupported scale {scale!r}: this model serves x{', x'.join(map(str, allowed))}")
+    return s
 
 
 class Upsampler(nn.Sequential):
@@ -52,26 +59,38 @@ class Upsampler(nn.Sequential):
 
     def __init__(self, scale: int, features: int = FEATURES):
         check_scale(scale)
-        stages = [2, 2] if scale == 4 else [scale]
         layers: list[nn.Module] = []
-        for r in stages:
+        for r in stages(scale):
             layers += [nn.Conv2d(features, features * r * r, 3, padding=1, bias=True), nn.PixelShuffle(r)]
         super().__init__(*layers)
         self.scale = scale
 
-    def forward_sum(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """U(a) + U(b) computed as one pass: U is affine, so U(a)+U(b) = U_linear(a+b) + 2*bias path."""
-        x = a + b
-        for m in self:
-            x = F.conv2d(x, m.weight, 2 * m.bias, padding=1) if isinstance(m, nn.Conv2d) else m(x)
-        return x
+    def pair(self, g: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+        """The RB as released: U(g) + U(h0)."""
+        return self(g) + self(h0)
+
+
+class FusedUpsampler(Upsampler):
+    """The RB rewritten exactly: U is affine, so U(g) + U(h0) = U'(g + h0) where U' is U with
+    every bias doubled (no nonlinearity between the stages). One upsampler pass instead of two.
+    Built by :func:`fuse_rb` only; its biases are 2b, so it is for inference and export."""
+
+    def pair(self, g: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+        return self(g + h0)
+
+
+def stages(scale: int) -> list[int]:
+    """The sub-pixel stages of an upsampler: x4 is two x2 stages."""
+    return [2, 2] if scale == 4 else [scale]
 
 
 class LESRCNN(nn.Module):
     """LESRCNN for one scale (``scales=(s,)``) or the multi-scale LESRCNN-S (``scales=(2, 3, 4)``).
 
-    A single-scale model is called as ``model(x)``; a multi-scale one as ``model(x, scale)``.
+    Called as ``model(x, scale)`` (a single-scale model also takes ``model(x)``).
     Input and output are RGB in [0, 1], NCHW (channels-last tensors work and are faster on CPU).
+    ``forward`` is the plain module computation; :func:`fuse_rb` gives the cheaper exact form and
+    :mod:`lesrcnn.accel` a fused oneDNN CPU runner built from a model.
     """
 
     def __init__(
@@ -86,7 +105,7 @@ class LESRCNN(nn.Module):
         for s in scales:
             check_scale(s)
         if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
+            raise LesrcnnError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
         self.scales = scales
         self.variant = variant
         self.features = features
@@ -100,25 +119,21 @@ class LESRCNN(nn.Module):
         n_irb = 4 if v.irb else 0
         self.irb = nn.ModuleList(nn.Conv2d(features, features, 3, padding=1, bias=False) for _ in range(n_irb))
         self.tail = nn.Conv2d(features, 3, 3, padding=1, bias=False)
-        self.fuse_rb = True  # U(g)+U(h0) in one upsampler pass: exact algebra, ~15% fewer FLOPs
-        # Inference on channels-last float32 CPU tensors without autograd runs the fused oneDNN path
-        # below (same function, ~1.3x faster than plain channels-last); False forces the module path.
-        self.fast_cpu = True
 
     @property
     def multiscale(self) -> bool:
         return len(self.scales) > 1
 
-    def forward(self, x: torch.Tensor, scale: int | None = None) -> torch.Tensor:
+    def resolve_scale(self, scale: int | None) -> int:
+        """``scale`` checked against the model's; None is allowed for a single-scale model."""
         if scale is None:
             if self.multiscale:
-                raise ValueError("a multi-scale model needs the scale: model(x, scale)")
-            scale = self.scales[0]
-        up = self.upsample[f"x{check_scale(int(scale), self.scales)}"]
-        if self.fast_cpu and _fast_cpu_applies(x, self.head.weight):
-            y = _fast_cpu_forward(self, x, up)
-            if y is not None:
-                return y
+                raise LesrcnnError("a multi-scale model needs the scale: model(x, scale)")
+            return self.scales[0]
+        return check_scale(scale, self.scales)
+
+    def forward(self, x: torch.Tensor, scale: int | None = None) -> torch.Tensor:
+        up = self.upsample[f"x{self.resolve_scale(scale)}"]
         mean = self.mean.to(x.dtype)
         # In-place ReLUs act on fresh conv/sum outputs only (never on h or h0 themselves, which
         # are reused): same function, less memory traffic in training.
@@ -127,10 +142,7 @@ class LESRCNN(nn.Module):
         for c3, c1 in zip(self.body3, self.body1):
             t = c1(F.relu(c3(h), inplace=True))
             h = F.relu(h + t, inplace=True) if self.v.residual else F.relu(t, inplace=True)
-        if self.v.local_fusion:
-            r = up.forward_sum(h, h0) if self.fuse_rb else up(h) + up(h0)
-        else:
-            r = up(h)
+        r = up.pair(h, h0) if self.v.local_fusion else up(h)
         r = F.relu(r, inplace=True)
         for c in self.irb:
             r = F.relu(c(r), inplace=True)
@@ -140,125 +152,56 @@ class LESRCNN(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def receptive_margin(self) -> int:
-        """LR pixels of context one side needs so that tiled inference equals untiled."""
-        lr_layers = 1 + 2 * UNITS if not self.v.hetero else 1 + UNITS
-        lr_layers += 1  # first upsampler conv
-        hr_layers = len(self.irb) + 1 + (1 if 4 in self.scales else 0)
-        return lr_layers + -(-hr_layers // min(self.scales))
+        """LR pixels of context one side needs so that tiled inference equals untiled: walked
+        back from the output through the convolutions the module runs (see :func:`conv_calls`)."""
+        margin = 0
+        for s in self.scales:
+            need, res = 0, None
+            for conv, ratio in reversed(conv_calls(fuse_rb(self), s)):
+                if res is not None and ratio < res:  # through a PixelShuffle: fewer, larger pixels
+                    need = -(-need * ratio // res)
+                res = ratio
+                need += conv.padding[0]
+            margin = max(margin, -(-need // res) if res else need)
+        return margin
 
 
-# --- the fast CPU inference path ------------------------------------------------------------
-#
-# Every convolution goes to oneDNN directly (torch.ops.mkldnn._convolution_pointwise, the op that
-# torch.compile's CPU backend emits) on channels-last tensors, with weights pre-packed in oneDNN's
-# blocked layout for the input shape, and with the elementwise work fused into the convolution:
-# ReLU after each 3x3 conv, "add the unit's input then ReLU" after each 1x1 conv (accumulated in
-# place), the mean added back as the bias of the last conv, and the ReLU after the RB applied
-# before the last PixelShuffle (elementwise ops commute with it). Same arithmetic as the module
-# path up to float rounding order (max abs difference ~1e-6 on [0, 1] images).
-
-_FAST_STATE = {"ok": None}  # None: not tried yet; False: unavailable in this torch build
-_PACKED: "weakref.WeakKeyDictionary[LESRCNN, dict]" = weakref.WeakKeyDictionary()
-_PACKED_SHAPES = 8  # input shapes kept per model (tiles and batches repeat a few shapes)
-
-
-def _fast_cpu_applies(x: torch.Tensor, w: torch.Tensor) -> bool:
-    return (
-        _FAST_STATE["ok"] is not False
-        and x.device.type == "cpu" and w.device.type == "cpu"
-        and x.dtype == torch.float32 and w.dtype == torch.float32
-        and x.dim() == 4 and x.shape[2] > 1 and x.shape[3] > 1
-        and not torch.is_grad_enabled()
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and torch.backends.mkldnn.is_available()
-        and not _compiling()
-    )
+def fuse_rb(model: LESRCNN) -> LESRCNN:
+    """A copy of ``model`` whose RB runs one upsampler pass on g + h0 (doubled biases): the same
+    function up to float rounding, ~12-18% fewer MACs. For inference and ONNX export."""
+    fused = copy.deepcopy(model)
+    if not model.v.local_fusion:
+        return fused
+    for key, up in list(fused.upsample.items()):
+        if isinstance(up, FusedUpsampler):
+            continue
+        new = FusedUpsampler(up.scale, model.features)
+        new.load_state_dict(up.state_dict())
+        with torch.no_grad():
+            for m in new:
+                if isinstance(m, nn.Conv2d):
+                    m.bias.mul_(2)
+        fused.upsample[key] = new.to(device=up[0].weight.device, dtype=up[0].weight.dtype)
+    return fused
 
 
-def _compiling() -> bool:
-    """Under torch.compile the module path is traced instead (inductor makes its own fusions)."""
+def conv_calls(model: LESRCNN, scale: int) -> list[tuple[nn.Conv2d, int]]:
+    """Every convolution ``model(x, scale)`` runs, in order, with its input resolution as a
+    multiple of the LR input's (1, 2, 3 or 4): found by running the module on a meta tensor
+    (shapes only, no arithmetic), so it follows the module, not a copy of its structure."""
+    meta = copy.deepcopy(model).to("meta")
+    calls: list[tuple[nn.Conv2d, int]] = []
+    lr = 8
+    by_meta = {id(m): orig for m, orig in zip(meta.modules(), model.modules())}
+    hooks = [m.register_forward_pre_hook(lambda mod, inp: calls.append((by_meta[id(mod)], inp[0].shape[-1] // lr)))
+             for m in meta.modules() if isinstance(m, nn.Conv2d)]
     try:
-        return bool(torch.compiler.is_compiling())
-    except AttributeError:
-        return False
-
-
-def _packed_weights(model: LESRCNN, up: nn.Module, n: int, h: int, w: int) -> dict:
-    """oneDNN-layout weights for an input of n x 3 x h x w, cached per shape and weight version."""
-    params = list(model.parameters())
-    version = tuple((p.data_ptr(), p._version) for p in params)
-    per_model = _PACKED.setdefault(model, {})
-    if per_model.get("version") != version:
-        per_model.clear()
-        per_model["version"] = version
-    key = (id(up), n, h, w)
-    if key in per_model:
-        per_model[key] = per_model.pop(key)  # LRU order
-        return per_model[key]
-    reorder = torch._C._nn.mkldnn_reorder_conv2d_weight
-
-    def pack(conv: nn.Conv2d, hh: int, ww: int) -> torch.Tensor:
-        pad = conv.padding[0]
-        return reorder(conv.weight.detach().contiguous().to_mkldnn(), [pad, pad], [1, 1], [1, 1], 1,
-                       [n, conv.in_channels, hh, ww])
-
-    packs: dict = {"head": pack(model.head, h, w),
-                   "body3": [pack(c, h, w) for c in model.body3], "body1": [pack(c, h, w) for c in model.body1]}
-    ups, hh, ww = [], h, w
-    for m in up:
-        if isinstance(m, nn.Conv2d):
-            bias = m.bias.detach() * (2 if model.v.local_fusion else 1)
-            ups.append(("conv", pack(m, hh, ww), bias))
-        else:
-            ups.append(("shuffle", m.upscale_factor, None))
-            hh, ww = hh * m.upscale_factor, ww * m.upscale_factor
-    packs["up"] = ups
-    packs["irb"] = [pack(c, hh, ww) for c in model.irb]
-    packs["tail"] = pack(model.tail, hh, ww)
-    packs["mean"] = model.mean.detach().reshape(3).contiguous()
-    if sum(1 for k in per_model if k != "version") >= _PACKED_SHAPES:
-        per_model.pop(next(k for k in per_model if k != "version"))
-    per_model[key] = packs
-    return packs
-
-
-def _fast_cpu_forward(model: LESRCNN, x: torch.Tensor, up: nn.Module) -> torch.Tensor | None:
-    try:
-        conv = torch.ops.mkldnn._convolution_pointwise
-        conv_add_ = torch.ops.mkldnn._convolution_pointwise_.binary
-        conv_add = torch.ops.mkldnn._convolution_pointwise.binary
-        n, _, h, w = x.shape
-        P = _packed_weights(model, up, n, h, w)
-        one, pad1 = [1, 1], [1, 1]
-        h0 = conv(x - model.mean, P["head"], None, pad1, one, one, 1, "relu", [], "")
-        t_pad = [model.body1[0].padding[0]] * 2 if len(model.body1) else pad1
-        g = t = h0
-        for i, (w3, w1) in enumerate(zip(P["body3"], P["body1"])):
-            t = conv(g, w3, None, pad1, one, one, 1, "relu", [], "")
-            if not model.v.residual:
-                g = conv(t, w1, None, t_pad, one, one, 1, "relu", [], "")
-            elif i == 0:  # h0 is needed again by the RB: not in place
-                g = conv_add(t, g, w1, None, t_pad, one, one, 1, "add", 1.0, "relu", [], "")
-            else:  # g <- relu(g + conv1x1(t)), accumulated into g
-                g = conv_add_(g, t, w1, None, t_pad, one, one, 1, "add", 1.0, "relu", [], "")
-        r = g + h0 if model.v.local_fusion else g
-        del g, h0, t  # free the LR maps before the HR ones are allocated (peak memory)
-        convs = [i for i, (kind, _, _) in enumerate(P["up"]) if kind == "conv"]
-        for i, (kind, a, b) in enumerate(P["up"]):
-            if kind == "conv":
-                r = conv(r, a, b, pad1, one, one, 1, "relu" if i == convs[-1] else "none", [], "")
-            else:
-                r = F.pixel_shuffle(r, a)
-        for wi in P["irb"]:
-            r = conv(r, wi, None, pad1, one, one, 1, "relu", [], "")
-        y = conv(r, P["tail"], P["mean"], pad1, one, one, 1, "none", [], "")
-        _FAST_STATE["ok"] = True
-        return y
-    except (RuntimeError, AttributeError, TypeError, NotImplementedError):
-        if _FAST_STATE["ok"]:  # it worked before: a real error (e.g. out of memory), not a missing op
-            raise
-        _FAST_STATE["ok"] = False
-        return None
+        with torch.no_grad():
+            meta(torch.empty(1, 3, lr, lr, device="meta"), scale)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
 
 
 def build(scale: int | str | tuple[int, ...], variant: str = "full") -> LESRCNN:
@@ -322,8 +265,7 @@ def init_interpolation(model: LESRCNN, carry: int = 3, seed: int | None = None) 
     half = 0.5 if v.local_fusion else 1.0
     for up in model.upsample.values():
         convs = [m for m in up if isinstance(m, nn.Conv2d)]
-        stages = [2, 2] if up.scale == 4 else [up.scale]
-        for si, (conv, r) in enumerate(zip(convs, stages)):
+        for si, (conv, r) in enumerate(zip(convs, stages(up.scale))):
             w, b = conv.weight, conv.bias
             taps = _subpixel_taps(r)
             first, last = si == 0, si == len(convs) - 1

@@ -1,12 +1,10 @@
-"""Inference: the fast forward path, tiling with bounded memory, and the ``Upscaler`` API."""
+"""Inference: device choice, the one tiler (bounded memory, tiled == untiled), the ``Upscaler`` API."""
 from __future__ import annotations
 
-import copy
 import math
 import os
 import sys
 import warnings
-from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -19,32 +17,38 @@ from .errors import LesrcnnError
 from .io import (DEEP_FORMATS, DEFAULT_MAX_PIXELS, ImageWarning, Picture, format_for_path, max_value,
                  normalize_format, picture_from_pil, picture_to_pil, read_picture, to_gray, write_picture)
 from .metrics import to_uint8
-from .model import LESRCNN, build
+from .model import LESRCNN, check_scale
 
 # Peak bytes of activations per LR pixel of a tile, per scale (fp32, measured with margin).
 _BYTES_PER_LR_PIXEL = {2: 6_000, 3: 12_000, 4: 20_000}
+Box = tuple[int, int, int, int]
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        from .errors import LesrcnnError
-        raise LesrcnnError("--device cuda: no CUDA device is available")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        from .errors import LesrcnnError
-        raise LesrcnnError("--device mps: MPS is not available")
-    return torch.device(device)
+def pick_device(spec: str | torch.device = "auto") -> torch.device:
+    """The one device picker: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps"."""
+    spec = str(spec).strip().lower()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise LesrcnnError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {spec!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LesrcnnError(f"--device {spec}: no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LesrcnnError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not mps:
+        raise LesrcnnError(f"--device {spec}: MPS is not available")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise LesrcnnError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {spec!r}")
+    return dev
 
 
 def prepare(model: LESRCNN, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LESRCNN:
     """Eval mode, channels-last (the fast layout for these 3x3 convolutions on CPU and GPU); on
-    CPU, channels-last float32 inputs then take the fused oneDNN path of ``LESRCNN.forward``, and
-    the allocator keeps activation buffers for reuse (:func:`tune_cpu_allocator`)."""
+    CPU the allocator keeps activation buffers for reuse (:func:`tune_cpu_allocator`)."""
     model = model.eval().to(device=device, dtype=dtype)
     if torch.device(device).type == "cpu":
         tune_cpu_allocator()
@@ -110,90 +114,15 @@ def auto_tile(scale: int, device: torch.device, dtype: torch.dtype = torch.float
     return max(64, min(max_tile, side // 16 * 16))
 
 
-def _forward(model: LESRCNN, x: torch.Tensor, scale: int) -> torch.Tensor:
-    x = x.contiguous(memory_format=torch.channels_last)
-    return model(x, scale) if model.multiscale else model(x)
+# --- the one tiler ---------------------------------------------------------------------------------
 
-
-@torch.inference_mode()
-def forward_tiled(
-    model: LESRCNN,
-    x: torch.Tensor,
-    scale: int,
-    tile: int = 0,
-    overlap: int | None = None,
-    batch: int = 4,
-    progress: Callable[[int, int], None] | None = None,
-) -> torch.Tensor:
-    """SR of an NCHW batch ``x`` (N usually 1), tiled in LR space when ``tile`` > 0.
-
-    Each tile is extended by ``overlap`` LR pixels of real image on every side (cut at the
-    image border, never padded), so with an overlap of at least the receptive margin each
-    output pixel sees exactly the context it sees untiled. Tiles of equal shape are batched.
-    Output is float in the model's dtype, on the model's device, unclamped.
-    """
-    n, c, h, w = x.shape
-    if tile <= 0 or (h <= tile and w <= tile):
-        return _forward(model, x, scale)
-    overlap = default_overlap(model) if overlap is None else overlap
-    out = torch.empty((n, c, h * scale, w * scale), dtype=x.dtype, device=x.device)
-    boxes = []
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            py0, px0 = max(0, y0 - overlap), max(0, x0 - overlap)
-            py1, px1 = min(h, y1 + overlap), min(w, x1 + overlap)
-            boxes.append(((y0, y1, x0, x1), (py0, py1, px0, px1)))
-    groups: dict[tuple[int, int], list] = defaultdict(list)
-    for b in boxes:
-        (py0, py1, px0, px1) = b[1]
-        groups[(py1 - py0, px1 - px0)].append(b)
-    done = 0
-    per = max(1, batch // n)
-    for items in groups.values():
-        for i in range(0, len(items), per):
-            chunk = items[i:i + per]
-            xb = torch.cat([x[:, :, p[0]:p[1], p[2]:p[3]] for _, p in chunk], dim=0)
-            yb = _forward(model, xb, scale)
-            for j, ((y0, y1, x0, x1), (py0, _, px0, _)) in enumerate(chunk):
-                oy, ox = (y0 - py0) * scale, (x0 - px0) * scale
-                out[:, :, y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
-                    yb[j * n:(j + 1) * n, :, oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale]
-            done += len(chunk)
-            if progress is not None:
-                progress(done, len(boxes))
-    return out
-
-
-# --- the Upscaler API ------------------------------------------------------------------------------
-#
-# Everything below works on LR tiles cut from the image (numpy, uint8/uint16/float32), runs them
-# through the network in batches (forward_tiled(..., tile=0): the fast channels-last path), and
-# writes each tile's core straight into the preallocated output (quantised as it goes), so peak
-# memory is the input + the output + one batch of activations, whatever the image size.
-
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-BACKENDS = ("torch", "onnx")
-QUANTIZE = ("truncate", "round")
-MIN_TILE = 16
-
-
-def check_scale(scale) -> int:
-    try:
-        s = int(scale)
-    except (TypeError, ValueError):
-        raise LesrcnnError(f"scale must be 2, 3 or 4, got {scale!r}") from None
-    if s not in (2, 3, 4) or s != scale:
-        raise LesrcnnError(f"scale must be 2, 3 or 4, got {scale!r}")
-    return s
-
-
-def plan_tiles(h: int, w: int, tile: int, overlap: int) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+def plan_tiles(h: int, w: int, tile: int, overlap: int) -> list[tuple[Box, Box]]:
     """LR tiles as (core (y0, y1, x0, x1), padded (py0, py1, px0, px1)), row-major.
 
     Cores split the image into ceil(h/tile) x ceil(w/tile) nearly equal parts (no thin leftover
-    tile); each is padded by ``overlap`` pixels of real image on each side, cut at the border.
-    ``tile`` <= 0 means one tile: the whole image.
+    tile); each is padded by ``overlap`` pixels of real image on each side, cut at the border
+    (never padded), so with an overlap of at least the receptive margin each output pixel sees
+    exactly the context it sees untiled. ``tile`` <= 0 means one tile: the whole image.
     """
     if tile <= 0:
         return [((0, h, 0, w), (0, h, 0, w))]
@@ -209,18 +138,72 @@ def plan_tiles(h: int, w: int, tile: int, overlap: int) -> list[tuple[tuple[int,
     return out
 
 
-def _batches(plan, batch: int):
+def _batches(plan: list[tuple[Box, Box]], batch: int):
     """Consecutive tiles with the same padded shape, at most ``batch`` at a time."""
     group: list = []
-    for t in plan:
-        p = t[1]
-        shape = (p[1] - p[0], p[3] - p[2])
-        if group and (len(group) >= batch or shape != group[0][2]):
-            yield [g[:2] for g in group]
+    for core, pad in plan:
+        if group and (len(group) >= batch or _shape(pad) != _shape(group[0][1])):
+            yield group
             group = []
-        group.append((*t, shape))
+        group.append((core, pad))
     if group:
-        yield [g[:2] for g in group]
+        yield group
+
+
+def _shape(b: Box) -> tuple[int, int]:
+    return b[1] - b[0], b[3] - b[2]
+
+
+def tiled_apply(h: int, w: int, scale: int, tile: int, overlap: int, batch: int,
+                fetch: Callable[[list[Box]], torch.Tensor], infer: Callable[[torch.Tensor], torch.Tensor],
+                store: Callable[[Box, torch.Tensor], None], progress: Callable[[int, int], None] | None = None) -> None:
+    """Run ``infer`` over the tiles of an h x w LR image: ``fetch`` makes the NCHW batch of the
+    padded boxes, ``store`` receives each core box and its CHW SR crop."""
+    plan = plan_tiles(h, w, tile, overlap)
+    done = 0
+    for chunk in _batches(plan, batch):
+        y = infer(fetch([pad for _, pad in chunk]))
+        for j, ((y0, y1, x0, x1), (py0, _, px0, _)) in enumerate(chunk):
+            oy, ox = (y0 - py0) * scale, (x0 - px0) * scale
+            store((y0, y1, x0, x1), y[j, :, oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale])
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(plan))
+
+
+@torch.inference_mode()
+def forward_tiled(model: Callable, x: torch.Tensor, scale: int, tile: int = 0, overlap: int | None = None,
+                  batch: int = 4, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """SR of an NCHW batch ``x`` with ``model(x, scale)`` (a network or an engine), tiled in LR
+    space when ``tile`` > 0. Output is float, on ``x``'s device, unclamped."""
+    n, c, h, w = x.shape
+    if tile <= 0 or (h <= tile and w <= tile):
+        return model(x.contiguous(memory_format=torch.channels_last), scale)
+    overlap = default_overlap(model) if overlap is None else overlap
+    out = torch.empty((n, c, h * scale, w * scale), dtype=x.dtype, device=x.device)
+    for i in range(n):
+        img = x[i:i + 1]
+
+        def store(b: Box, t: torch.Tensor, i=i) -> None:
+            out[i, :, b[0] * scale:b[1] * scale, b[2] * scale:b[3] * scale] = t
+
+        tiled_apply(h, w, scale, tile, overlap, batch,
+                    lambda boxes: torch.cat([img[:, :, p[0]:p[1], p[2]:p[3]] for p in boxes]).contiguous(
+                        memory_format=torch.channels_last),
+                    lambda xb: model(xb, scale), store, progress)
+    return out
+
+
+# --- the Upscaler API ------------------------------------------------------------------------------
+#
+# Everything below works on LR tiles cut from the image (numpy, uint8/uint16/float32), runs them
+# through an inference engine (lesrcnn.backends) in batches, and writes each tile's core straight
+# into the preallocated output (quantised as it goes), so peak memory is the input + the output
+# + one batch of activations, whatever the image size.
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
+QUANTIZE = ("truncate", "round")
+MIN_TILE = 16
 
 
 def _dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
@@ -251,69 +234,62 @@ class Upscaler:
     >>> up.upscale_file("scan.tif", "scan_x2.tif")
 
     ``weights``: None (the embedded weights), a registry name, a file of ours, an official
-    ``.pth``, a :class:`~lesrcnn.weights.Checkpoint`, or (backend "onnx") an ``.onnx`` file.
-    ``tile``: LR tile side; None chooses from free memory, 0 disables tiling. ``overlap``: LR
-    context around each tile (default: the receptive margin + 2, so tiled == untiled).
-    ``precision``: fp16/bf16 run on CUDA only (fp32 elsewhere, with a warning), and any batch
-    whose half-precision output holds NaN/Inf is recomputed in fp32. ``quantize``: how float
-    output becomes 8-bit: "truncate" (default; the released code's and ``lesrcnn eval``'s
-    conversion, so files score exactly what eval reports) or "round" (about +0.05 dB).
-    16-bit output is always rounded. Gray images run as R=G=B and come back as BT.601 luma.
+    ``.pth``, a :class:`~lesrcnn.weights.Checkpoint`, or (backend onnx/openvino) an ``.onnx`` file.
+    ``backend``: "auto" (the fastest installed for the device, :mod:`lesrcnn.backends`), "torch",
+    "onnx" or "openvino". ``precision``: fp32; fp16/bf16 on CUDA only (fp32 elsewhere, with a
+    warning; a batch whose half-precision output holds NaN/Inf is recomputed in fp32); int8 on
+    the CPU (OpenVINO or ONNX Runtime; built once per weights and cached). ``threads``: CPU
+    threads of the onnx/openvino runtimes (default: torch's). ``tile``: LR tile side; None
+    chooses from free memory, 0 disables tiling. ``overlap``: LR context around each tile
+    (default: the receptive margin + 2, so tiled == untiled). ``quantize``: how float output
+    becomes 8-bit: "truncate" (default; the released code's and ``lesrcnn eval``'s conversion)
+    or "round" (about +0.05 dB). 16-bit output is always rounded. Gray images run as R=G=B and
+    come back as BT.601 luma. An output that would hold NaN/Inf is refused (LesrcnnError).
     """
 
     def __init__(self, scale: int = 2, weights=None, device: str = "auto", *, precision: str = "fp32",
                  tile: int | None = None, overlap: int | None = None, batch: int | None = None,
-                 self_ensemble: bool = False, backend: str = "torch", quantize: str = "truncate",
-                 max_pixels: int | None = None, providers: list[str] | None = None):
+                 self_ensemble: bool = False, backend: str = "auto", quantize: str = "truncate",
+                 max_pixels: int | None = None, threads: int | None = None, progress: bool = True):
+        from . import backends
+
         self.scale = check_scale(scale)
-        if backend not in BACKENDS:
-            raise LesrcnnError(f"backend must be torch or onnx, got {backend!r}")
+        if backend not in backends.BACKENDS:
+            raise LesrcnnError(f"backend must be one of {', '.join(backends.BACKENDS)}, got {backend!r}")
         if precision not in PRECISIONS:
-            raise LesrcnnError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+            raise LesrcnnError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if quantize not in QUANTIZE:
             raise LesrcnnError(f"quantize must be truncate or round, got {quantize!r}")
-        self.backend, self.quantize, self.self_ensemble = backend, quantize, bool(self_ensemble)
+        self.quantize, self.self_ensemble = quantize, bool(self_ensemble)
         self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else (int(max_pixels) or None)
-        onnx_file = backend == "onnx" and isinstance(weights, (str, os.PathLike)) and \
-            str(weights).lower().endswith(".onnx")
+        onnx_file = Path(weights) if isinstance(weights, (str, os.PathLike)) and \
+            str(weights).lower().endswith(".onnx") else None
         if isinstance(weights, W.Checkpoint):
             weights.require_scale(self.scale)
             self.checkpoint: W.Checkpoint | None = weights
-        elif onnx_file:
-            self.checkpoint = None
         else:
-            self.checkpoint = W.load(weights, self.scale)
-        margin_model = self.checkpoint.model if self.checkpoint is not None else build((2, 3, 4))
+            self.checkpoint = None if onnx_file else W.load(weights, self.scale)
+        self.device = torch.device("cpu") if precision == "int8" and device == "auto" else pick_device(device)
+        self.precision = self._resolve_precision(precision)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
+        self.engine = backends.create(None if self.checkpoint is None else self.checkpoint.model, backend,
+                                      self.precision, self.device, threads, (self.scale,), onnx_file, progress)
+        if self.scale not in self.engine.scales:
+            raise LesrcnnError(f"{onnx_file} is a x{self.engine.scales[0]} model; it cannot upscale x{self.scale}")
+        self.backend, self.dtype = self.engine.name, PRECISIONS[self.precision]
+        self._configure_tiles(tile, overlap, batch)
 
-        self._model = self._model_half = self._runner = None
-        if backend == "onnx":
-            self.device = torch.device("cpu")  # the runner takes and returns host arrays
-            if precision != "fp32":
-                warnings.warn(f"--precision {precision} applies to the torch backend; ONNX runs fp32",
-                              ImageWarning, stacklevel=2)
-            self.precision = "fp32"
-            try:
-                from .export import onnx_runner
-            except ImportError:
-                raise LesrcnnError("the ONNX backend needs `pip install lesrcnn[onnx]`") from None
-            self._runner = onnx_runner(Path(weights) if onnx_file else self.checkpoint, self.scale,
-                                       providers=providers)
-        else:
-            self.device = pick_device(device)
-            self.precision = self._resolve_precision(precision)
-            self._model = prepare(self.checkpoint.model, self.device, torch.float32)
-            if self.precision != "fp32":
-                self._model_half = prepare(copy.deepcopy(self.checkpoint.model), self.device,
-                                           PRECISIONS[self.precision])
-        self.dtype = PRECISIONS[self.precision]
+    # --- configuration ------------------------------------------------------------------------
 
-        margin = margin_model.receptive_margin()
-        self.overlap = default_overlap(margin_model) if overlap is None else int(overlap)
+    def _configure_tiles(self, tile: int | None, overlap: int | None, batch: int | None) -> None:
+        margin = self.engine.receptive_margin()
+        self.overlap = margin + 2 if overlap is None else int(overlap)
         if self.overlap < 0:
             raise LesrcnnError(f"tile overlap must be >= 0, got {self.overlap}")
         if self.overlap < margin:
             warnings.warn(f"tile overlap {self.overlap} is below the network's receptive margin ({margin} LR "
-                          f"pixels): tile seams may show", ImageWarning, stacklevel=2)
+                          f"pixels): tile seams may show", ImageWarning, stacklevel=3)
         if tile is None:
             self.tile = auto_tile(self.scale, self.device, self.dtype)
         else:
@@ -321,12 +297,11 @@ class Upscaler:
             if self.tile < 0 or 0 < self.tile < MIN_TILE:
                 raise LesrcnnError(f"tile must be 0 (no tiling) or at least {MIN_TILE} LR pixels, got {tile}")
         self.batch = self._auto_batch() if batch is None else max(1, int(batch))
-        self._warned_nonfinite = False
-
-    # --- configuration ------------------------------------------------------------------------
 
     def _resolve_precision(self, precision: str) -> str:
-        if precision == "fp32" or self.device.type == "cuda":
+        if precision == "int8" and self.device.type != "cpu":
+            raise LesrcnnError(f"--precision int8 runs on the CPU, not {self.device.type}")
+        if precision in ("fp32", "int8") or self.device.type == "cuda":
             if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
                 warnings.warn("this GPU has no bf16; using fp16", ImageWarning, stacklevel=3)
                 return "fp16"
@@ -357,19 +332,12 @@ class Upscaler:
     # --- the network on a batch of LR tiles ----------------------------------------------------
 
     def _forward_once(self, x: torch.Tensor) -> torch.Tensor:
-        """NCHW float32 host tensor in [0, 1] -> NCHW float32 host SR (unclamped)."""
-        if self._runner is not None:
-            return torch.from_numpy(np.ascontiguousarray(self._runner(np.ascontiguousarray(x.numpy())),
-                                                         dtype=np.float32))
-        if self._model_half is not None:
-            y = forward_tiled(self._model_half, x.to(self.device, self.dtype), self.scale, tile=0)
-            if bool(torch.isfinite(y).all()):
-                return y.float().cpu()
-            if not self._warned_nonfinite:
-                warnings.warn(f"{self.precision} output overflowed (NaN/Inf); recomputing those tiles in fp32",
-                              ImageWarning, stacklevel=4)
-                self._warned_nonfinite = True
-        return forward_tiled(self._model, x.to(self.device), self.scale, tile=0).float().cpu()
+        """NCHW float32 host tensor in [0, 1] -> NCHW float32 host SR (unclamped, finite)."""
+        y = self.engine(x, self.scale).float().cpu()
+        if not bool(torch.isfinite(y).all()):
+            raise LesrcnnError(f"the network's output holds NaN or Inf ({self.backend} backend, {self.precision}): "
+                               "the weights are broken")
+        return y
 
     @torch.inference_mode()
     def _infer(self, x: torch.Tensor) -> torch.Tensor:
@@ -395,25 +363,19 @@ class Upscaler:
         out = np.empty((h * s, w * s, c), dtype=out_dtype)
         quant = _quantizer(out.dtype, self.quantize)
         mv = max_value(src.dtype)
-        plan = plan_tiles(h, w, self.tile, self.overlap)
-        done = 0
-        for chunk in _batches(plan, self.batch):
-            tiles = np.stack([src[p[0]:p[1], p[2]:p[3]] for _, p in chunk])
+
+        def fetch(boxes: list[Box]) -> torch.Tensor:
+            tiles = np.stack([src[p[0]:p[1], p[2]:p[3]] for p in boxes])
             x = torch.from_numpy(tiles).permute(0, 3, 1, 2).to(torch.float32)
             if mv != 1.0:
                 x = x.div_(mv)  # as evaluate.super_resolve: uint8 -> float32 / 255
-            if c == 1:
-                x = x.expand(-1, 3, -1, -1)
-            y = self._infer(x)
-            for j, ((y0, y1, x0, x1), (py0, _, px0, _)) in enumerate(chunk):
-                oy, ox = (y0 - py0) * s, (x0 - px0) * s
-                t = y[j, :, oy:oy + (y1 - y0) * s, ox:ox + (x1 - x0) * s].permute(1, 2, 0).numpy()
-                if c == 1:
-                    t = to_gray(t)
-                out[y0 * s:y1 * s, x0 * s:x1 * s] = quant(t)
-            done += len(chunk)
-            if progress is not None:
-                progress(done, len(plan))
+            return x.expand(-1, 3, -1, -1) if c == 1 else x
+
+        def store(b: Box, t: torch.Tensor) -> None:
+            a = t.permute(1, 2, 0).numpy()
+            out[b[0] * s:b[1] * s, b[2] * s:b[3] * s] = quant(to_gray(a) if c == 1 else a)
+
+        tiled_apply(h, w, s, self.tile, self.overlap, self.batch, fetch, self._infer, store, progress)
         return out
 
     # --- pictures, arrays, images, files ---------------------------------------------------------
@@ -495,6 +457,13 @@ class Upscaler:
         bits = 16 if pic.bits == 16 and fmt in DEEP_FORMATS else 8
         write_picture(self.upscale_picture(pic, bits, progress), dst, fmt, quality)
         return dst
+
+    def upscale_video(self, src, dst, **opts):
+        """Upscale every frame of a video file; audio, subtitles, timestamps, rotation, colour tags and
+        bit depth kept; resumable. Options and result: :func:`lesrcnn.video.upscale_video`."""
+        from .video import upscale_video
+
+        return upscale_video(self, src, dst, **opts)
 
 
 def _tidy(v: float) -> float:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
-import tempfile
-import zipfile
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .errors import LesrcnnError
+from .errors import LesrcnnError, one_line
 from .model import DIV2K_MEAN, LESRCNN, SCALES, VARIANTS
 
 FORMAT = "lesrcnn"
@@ -94,19 +94,58 @@ def official_to_ours(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     return out, scale, mean  # type: ignore[return-value]
 
 
+def _reason(e: BaseException) -> str:
+    s = str(e).strip()
+    return one_line(f"{type(e).__name__}: {s.splitlines()[0][:120]}" if s else type(e).__name__)
+
+
 def _read_pth(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a PyTorch file, unpickled with ``weights_only`` (no code runs); every
+    failure, whatever the damaged bytes make torch raise, is one LesrcnnError naming the file."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LesrcnnError(f"{path}: not a readable PyTorch state dict ({first[:160]})") from None
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e).lower()
+        if "unsupported global" in text:
+            raise LesrcnnError(f"{path}: refused: it holds pickled Python objects besides tensors (loading them "
+                               f"could run code); only state dicts of tensors are accepted") from None
+        if "weights only load failed" in text:
+            raise LesrcnnError(f"{path}: not a readable PyTorch checkpoint (a pickle that is damaged or holds more "
+                               f"than tensors; nothing in it was run)") from None
+        raise LesrcnnError(f"{path}: not a readable PyTorch checkpoint ({_reason(e)})") from None
+    except MemoryError:
+        raise LesrcnnError(f"{path}: not a readable PyTorch checkpoint (declares more data than fits in memory)") \
+            from None
+    except Exception as e:  # damaged bytes reach torch/pickle as KeyError, IndexError, struct.error...
+        raise LesrcnnError(f"{path}: not a readable PyTorch checkpoint ({_reason(e)})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in obj.items()):
         raise LesrcnnError(f"{path}: not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def check_tensors(sd: dict[str, torch.Tensor], source: object) -> None:
+    """Refuse weights that would load but compute garbage: not floating point, on the meta device
+    (no data), or holding NaN/Inf."""
+    for k, v in sd.items():
+        if v.device.type == "meta":
+            raise LesrcnnError(f"{source}: tensor {k} has no data (meta device)")
+        if not v.dtype.is_floating_point:
+            raise LesrcnnError(f"{source}: tensor {k} is {str(v.dtype).removeprefix('torch.')}, not floating point")
+        if not bool(torch.isfinite(v).all()):
+            raise LesrcnnError(f"{source}: tensor {k} holds NaN or Inf values")
+
+
+def _check_mean(mean: tuple[float, ...], source: object) -> tuple[float, float, float]:
+    if len(mean) != 3 or not all(math.isfinite(m) and -1.0 <= m <= 2.0 for m in mean):
+        raise LesrcnnError(f"{source}: invalid channel mean {mean} (three finite values expected)")
+    return mean  # type: ignore[return-value]
 
 
 def _load_into(model: LESRCNN, sd: dict[str, torch.Tensor], source: str) -> None:
@@ -129,8 +168,10 @@ def _load_into(model: LESRCNN, sd: dict[str, torch.Tensor], source: str) -> None
 # --- our format --------------------------------------------------------------------------------
 
 def save(model: LESRCNN, path: str | os.PathLike, provenance: dict | None = None) -> Path:
-    """Write safetensors + metadata atomically (temp file in the same folder, then rename)."""
-    from safetensors.torch import save_file
+    """Write safetensors + metadata atomically (:func:`lesrcnn.io.atomic_write_bytes`)."""
+    from safetensors.torch import save as save_bytes
+
+    from .io import atomic_write_bytes
 
     path = Path(path)
     meta = {
@@ -146,43 +187,38 @@ def save(model: LESRCNN, path: str | os.PathLike, provenance: dict | None = None
     }
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, save_bytes(tensors, metadata=meta))
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
+    from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             sd = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise LesrcnnError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:160]})") from None
+    except MemoryError:
+        raise LesrcnnError(f"{path}: not a readable safetensors file (declares more data than fits in memory)") \
+            from None
+    except Exception as e:  # SafetensorError, OSError, ValueError... from damaged bytes
+        raise LesrcnnError(f"{path}: not a readable safetensors file ({_reason(e)})") from None
     return sd, meta
 
 
 def _is_safetensors(path: Path) -> bool:
+    """Safetensors starts with an 8-byte header length and a JSON object; a length beyond the
+    file is a damaged (or hostile) header, refused here before anything is allocated."""
     with open(path, "rb") as f:
         head = f.read(9)
-    if len(head) < 9:
+    if len(head) < 9 or head[8:9] != b"{":
         return False
     n = int.from_bytes(head[:8], "little")
-    return 0 < n < 100_000_000 and head[8:9] == b"{"
+    size = path.stat().st_size
+    if n + 8 > size:
+        raise LesrcnnError(f"{path}: damaged safetensors header (it declares {n:,} bytes of header; the file has "
+                           f"{size:,})")
+    return n > 0
 
 
 def embedded_path(name: str) -> Path:
@@ -224,10 +260,12 @@ def load(spec: str | os.PathLike | None = None, scale: int | None = None) -> Che
             scales = tuple(int(s) for s in meta["scales"].split(","))
             variant = meta.get("variant", "full")
             mean = tuple(float(m) for m in meta["mean"].split(","))
-            if variant not in VARIANTS or not set(scales) <= set(SCALES) or len(mean) != 3:
+            if variant not in VARIANTS or not set(scales) <= set(SCALES) or len(set(scales)) != len(scales):
                 raise ValueError
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, AttributeError):
             raise LesrcnnError(f"{path}: invalid lesrcnn metadata") from None
+        _check_mean(mean, path)
+        check_tensors(sd, path)
         model = LESRCNN(scales=scales, variant=variant, mean=mean)  # type: ignore[arg-type]
         _load_into(model, sd, str(path))
         metadata = dict(meta)
@@ -240,7 +278,12 @@ def load(spec: str | os.PathLike | None = None, scale: int | None = None) -> Che
         sd = _read_pth(path)
         if "head.weight" in sd:  # a plain state dict of our own network (e.g. a training checkpoint)
             raise LesrcnnError(f"{path}: a raw state dict; convert training checkpoints with `lesrcnn convert`")
-        ours, s, mean = official_to_ours(sd)
+        check_tensors(sd, path)
+        try:
+            ours, s, mean = official_to_ours(sd)
+        except (IndexError, TypeError, ValueError, KeyError) as e:
+            raise LesrcnnError(f"{path}: not an LESRCNN checkpoint ({_reason(e)})") from None
+        _check_mean(mean, path)
         model = LESRCNN(scales=(s,), mean=mean)
         _load_into(model, ours, str(path))
         scales, variant, metadata = (s,), "full", {"format": "official-pth", "scales": str(s)}

@@ -1,0 +1,117 @@
+"""An opt-in fused oneDNN runner for CPU inference, built from a model: ``CpuAccelerator(model)``.
+
+Every convolution goes to oneDNN directly (``torch.ops.mkldnn._convolution_pointwise``, the op
+that torch.compile's CPU backend emits) on channels-last tensors, with weights pre-packed in
+oneDNN's blocked layout per input shape, and with the elementwise work fused into the
+convolutions: ReLU after each 3x3 conv, "add the unit's input then ReLU" after each 1x1 conv
+(accumulated in place), the RB as one upsampler pass (:func:`lesrcnn.model.fuse_rb`), the mean
+added back as the bias of the last conv, and the ReLU after the RB applied before the last
+PixelShuffle (elementwise ops commute with it). Same function as the module up to float
+rounding order (max abs difference ~1e-6 on [0, 1] images), ~1.3x faster than channels-last
+eager PyTorch.
+
+The weights are copied when the accelerator is built: build a new one after changing them.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import LESRCNN, fuse_rb
+
+_SHAPES_KEPT = 8  # packed input shapes kept (tiles and batches repeat a few shapes)
+
+
+def available() -> bool:
+    """Whether this torch build has the fused oneDNN convolution ops."""
+    return bool(torch.backends.mkldnn.is_available()
+                and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+                and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
+
+
+class CpuAccelerator(nn.Module):
+    """``acc(x, scale)`` == ``model(x, scale)`` for float32 NCHW CPU input, without autograd.
+
+    An ``nn.Module`` holding the fused copy of the model (so ``parameters()``, ``scales``,
+    ``multiscale`` answer as for the model), whose ``forward`` runs the fused oneDNN kernels."""
+
+    def __init__(self, model: LESRCNN):
+        super().__init__()
+        if not available():
+            raise RuntimeError("this torch build has no fused oneDNN convolutions")
+        self.model = fuse_rb(model).float().eval().cpu()
+        self.scales, self.v = self.model.scales, self.model.v
+        self._packed: OrderedDict = OrderedDict()
+
+    @property
+    def multiscale(self) -> bool:
+        return self.model.multiscale
+
+    def receptive_margin(self) -> int:
+        return self.model.receptive_margin()
+
+    def _pack(self, scale: int, n: int, h: int, w: int) -> dict:
+        key = (scale, n, h, w)
+        if key in self._packed:
+            self._packed.move_to_end(key)
+            return self._packed[key]
+        m, reorder = self.model, torch._C._nn.mkldnn_reorder_conv2d_weight
+
+        def pack(conv: nn.Conv2d, hh: int, ww: int) -> torch.Tensor:
+            pad = conv.padding[0]
+            return reorder(conv.weight.detach().contiguous().to_mkldnn(), [pad, pad], [1, 1], [1, 1], 1,
+                           [n, conv.in_channels, hh, ww])
+
+        p: dict = {"head": pack(m.head, h, w), "body3": [pack(c, h, w) for c in m.body3],
+                   "body1": [pack(c, h, w) for c in m.body1], "up": []}
+        hh, ww = h, w
+        for layer in m.upsample[f"x{scale}"]:
+            if isinstance(layer, nn.Conv2d):
+                p["up"].append(("conv", pack(layer, hh, ww), layer.bias.detach()))
+            else:
+                p["up"].append(("shuffle", layer.upscale_factor, None))
+                hh, ww = hh * layer.upscale_factor, ww * layer.upscale_factor
+        p["irb"] = [pack(c, hh, ww) for c in m.irb]
+        p["tail"] = pack(m.tail, hh, ww)
+        p["mean"] = m.mean.detach().reshape(3).contiguous()
+        self._packed[key] = p
+        if len(self._packed) > _SHAPES_KEPT:
+            self._packed.popitem(last=False)
+        return p
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, scale: int | None = None) -> torch.Tensor:
+        m = self.model
+        s = m.resolve_scale(scale)
+        x = x.to(torch.float32).contiguous(memory_format=torch.channels_last)
+        n, _, h, w = x.shape
+        P = self._pack(s, n, h, w)
+        conv = torch.ops.mkldnn._convolution_pointwise
+        conv_add_ = torch.ops.mkldnn._convolution_pointwise_.binary
+        conv_add = torch.ops.mkldnn._convolution_pointwise.binary
+        one, pad1 = [1, 1], [1, 1]
+        h0 = conv(x - m.mean, P["head"], None, pad1, one, one, 1, "relu", [], "")
+        t_pad = [m.body1[0].padding[0]] * 2 if len(m.body1) else pad1
+        g = t = h0
+        for i, (w3, w1) in enumerate(zip(P["body3"], P["body1"])):
+            t = conv(g, w3, None, pad1, one, one, 1, "relu", [], "")
+            if not self.v.residual:
+                g = conv(t, w1, None, t_pad, one, one, 1, "relu", [], "")
+            elif i == 0:  # h0 is needed again by the RB: not in place
+                g = conv_add(t, g, w1, None, t_pad, one, one, 1, "add", 1.0, "relu", [], "")
+            else:  # g <- relu(g + conv1x1(t)), accumulated into g
+                g = conv_add_(g, t, w1, None, t_pad, one, one, 1, "add", 1.0, "relu", [], "")
+        r = g + h0 if self.v.local_fusion else g
+        del g, h0, t  # free the LR maps before the HR ones are allocated (peak memory)
+        last = max(i for i, (kind, _, _) in enumerate(P["up"]) if kind == "conv")
+        for i, (kind, a, b) in enumerate(P["up"]):
+            if kind == "conv":
+                r = conv(r, a, b, pad1, one, one, 1, "relu" if i == last else "none", [], "")
+            else:
+                r = F.pixel_shuffle(r, a)
+        for wi in P["irb"]:
+            r = conv(r, wi, None, pad1, one, one, 1, "relu", [], "")
+        return conv(r, P["tail"], P["mean"], pad1, one, one, 1, "none", [], "")

@@ -1,0 +1,131 @@
+"""``lesrcnn info`` (what a checkpoint holds) and ``lesrcnn convert`` (official .pth -> ours)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from .errors import LesrcnnError
+
+
+def add_info(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("info", help="what a checkpoint holds: network, scales, parameters, provenance",
+                       description="Describe a checkpoint: network, scales, parameters, channel mean, and the "
+                                   "provenance recorded in our files (training data, recipe, measured PSNR).")
+    p.add_argument("file", nargs="?", help="checkpoint (ours or an official .pth); default: the embedded weights")
+    p.add_argument("--json", action="store_true", help="print one JSON object (for scripts) instead of the summary")
+    p.add_argument("--flops", action="store_true", help="also count MACs/FLOPs per block")
+    p.add_argument("--size", default="256x256", help="LR input size HxW for --flops")
+    p.set_defaults(func=run_info)
+    return p
+
+
+def run_info(a) -> int:
+    from . import weights as W
+
+    ck = W.load(a.file)
+    d = W.describe(ck)
+    if a.flops:
+        from .complexity import complexity_report
+        d["complexity"] = complexity_report(ck, a.size)
+    if a.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print("\n".join(summary_lines(d)))
+    if a.flops:
+        from .complexity import format_complexity
+        print(format_complexity(d["complexity"]))
+    return 0
+
+
+def summary_lines(d: dict) -> list[str]:
+    """``weights.describe`` as aligned ``key  value`` lines; nested provenance indented, and a dict
+    of like records (the measured results) as a table."""
+    meta = dict(d["metadata"])
+    prov = meta.pop("provenance", None)
+    head = {
+        "file": d["source"],
+        "network": f"{d['architecture']}, variant {d['variant']}",
+        "scales": ", ".join(f"x{s}" for s in d["scales"]),
+        "parameters": f"{d['parameters']:,} (mean shift excluded)",
+        "mean": ", ".join(f"{m:.4f}" for m in d["mean"]),
+    }
+    meta.pop("parameters", None)
+    head.update({k: v for k, v in meta.items()})
+    lines = _block(head, 0)
+    if isinstance(prov, dict) and prov:
+        lines += ["provenance"] + _block(prov, 2)
+    elif prov:
+        lines += _block({"provenance": prov}, 0)
+    return lines
+
+
+def _scalar(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v):
+        return ", ".join(map(_scalar, v))
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+def _is_table(v) -> bool:
+    rows = list(v.values()) if isinstance(v, dict) else []
+    return len(rows) > 1 and all(isinstance(r, dict) and r and set(r) == set(rows[0]) and
+                                 not any(isinstance(x, (dict, list)) for x in r.values()) for r in rows)
+
+
+def _block(d: dict, indent: int) -> list[str]:
+    pad = " " * indent
+    width = max((len(str(k)) for k in d), default=0) + 2
+    out = []
+    for k, v in d.items():
+        if _is_table(v):
+            out.append(f"{pad}{k}")
+            out += _table(v, indent + 2)
+        elif isinstance(v, dict) and v:
+            out.append(f"{pad}{k}")
+            out += _block(v, indent + 2)
+        else:
+            out.append(f"{pad}{str(k):<{width}}{_scalar(v)}")
+    return out
+
+
+def _table(rows: dict, indent: int) -> list[str]:
+    cols = list(next(iter(rows.values())))
+    cells = [[""] + cols] + [[str(name)] + [_scalar(r[c]) for c in cols] for name, r in rows.items()]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return [" " * indent + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+            .rstrip() for row in cells]
+
+
+def add_convert(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("convert", help="convert an official .pth checkpoint to our safetensors format",
+                       description="Convert the authors' .pth checkpoint (loaded without running pickled code) to "
+                                   "our safetensors file with metadata.")
+    p.add_argument("src", help="the .pth (or our .safetensors) checkpoint to convert")
+    p.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.set_defaults(func=run_convert)
+    return p
+
+
+def run_convert(a) -> int:
+    from . import weights as W
+
+    out = Path(a.output)
+    src = Path(a.src)
+    if os.path.normpath(os.path.abspath(out)) == os.path.normpath(os.path.abspath(src)) or \
+            (out.exists() and src.exists() and os.path.samefile(out, src)):
+        raise LesrcnnError("refusing to overwrite the input checkpoint; choose another -o")
+    if out.exists() and not a.overwrite:
+        raise LesrcnnError(f"{out} exists; pass --overwrite to replace it")
+    if out.is_dir():
+        raise LesrcnnError(f"{out} is a folder; -o must name a .safetensors file")
+    ck = W.load(a.src)
+    fmt = ck.metadata.get("format")
+    W.save(ck.model, out, {"converted_from": src.name, **({"source_format": fmt} if fmt else {})})
+    print(f"wrote {out} (x{'/x'.join(map(str, ck.scales))}, {ck.num_parameters:,} parameters)")
+    return 0
