@@ -43,7 +43,8 @@ def make_inputs(folder: Path, n: int, size: int) -> str:
             a = np.ascontiguousarray(im[y:y + size, x:x + size])
         else:
             yy, xx = np.mgrid[0:size, 0:size]
-            a = (127 + 100 * np.sin(xx * 0.05 * (1 + i % 5)) * np.cos(yy * 0.07)).astype(np.uint8)[..., None].repeat(3, 2)
+            g = (127 + 100 * np.sin(xx * 0.05 * (1 + i % 5)) * np.cos(yy * 0.07)).astype(np.uint8)
+            a = np.repeat(g[..., None], 3, axis=2)
         write_picture(Picture(color=a), folder / f"img{i:03d}.png", "PNG")
     return "BSD200 crops" if files else "synthetic"
 
@@ -94,8 +95,10 @@ def main() -> None:
         n, c, g = a.images, min(cli), min(rr)
         print(f"{n} {kind} images {a.size}x{a.size} x{a.scale}, {cores} cores")
         print(f"single-process CLI : {c:6.1f} s  {n / c:5.2f} img/s")
-        print(f"Ray ({cores} actors)     : {g:6.1f} s  {n / g:5.2f} img/s  (+ {t_start:.1f} s to start the local Ray once)")
-        print(f"Ray / CLI throughput: {c / g:.2f} (with Ray start-up: {c / (g + t_start):.2f}); outputs identical: {same}")
+        print(f"Ray ({cores} actors)     : {g:6.1f} s  {n / g:5.2f} img/s  "
+              f"(+ {t_start:.1f} s to start the local Ray once)")
+        print(f"Ray / CLI throughput: {c / g:.2f} (with Ray start-up: {c / (g + t_start):.2f}); "
+              f"outputs identical: {same}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -3,7 +3,7 @@
 1. Speed: a 512x512 -> 1024x1024 x2 job (uint8 image in, uint8 image out) through ``Upscaler``
    (channels-last, fused RB, inference mode, the fast CPU path, tiling and quantisation
    included) against the released code's way of running the same LESRCNN (contiguous NCHW
-   float tensor, ``torch.no_grad``, ``fuse_rb=False``, module path), interleaved in one process
+   float tensor, ``torch.no_grad``, the plain module), interleaved in one process
    so that machine noise hits both alike. Prints HR megapixels per second and the ratio.
 2. Memory: the peak resident set size of a whole ``lesrcnn upscale`` job of a 2000x1500 PNG
    (-> 4000x3000) x2, run in a fresh subprocess (decode, model, tiles, encode, everything).
@@ -46,10 +46,7 @@ def speed(weights: Path, size: int, rounds: int) -> None:
     img = make_image(size, size)
     up = Upscaler(scale=2, weights=str(weights), device="cpu")
 
-    plain = W.load(str(weights)).model.eval()  # an independent copy, as the released code runs it
-    plain.fuse_rb = False
-    if hasattr(plain, "fast_cpu"):
-        plain.fast_cpu = False
+    plain = W.load(str(weights)).model.eval()  # an independent copy, as the released code runs it (unfused RB)
 
     def ours() -> np.ndarray:
         return up.upscale(img)

@@ -58,8 +58,8 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     sh = shared_dir(a.shared)
     print(f"# INT8 = what `--precision int8` runs: {BK.INT8_METHOD} calibration on {BK.INT8_PATCHES} built-in synthetic "
-          f"dead-leaves LR patches, cross-layer equalisation, static QDQ (u8 activations, s8 per-channel weights), "
-          f"first/last conv fp32; fp32 and INT8 both in {a.backend}; Y channel, border = scale, truncation")
+          f"dead-leaves LR patches, cross-layer equalisation, static QDQ (u8 activations, s8 per-channel weights) of "
+          f"the IEEB (upsampler, IRB and last conv float); fp32 and INT8 both in {a.backend}; Y channel, border = scale, truncation")
     print(f"{'weights':<9} {'dataset':<7} {'scale':>5} {'fp32 PSNR':>10} {'INT8 PSNR':>10} {'dPSNR':>7} "
           f"{'fp32 SSIM':>10} {'INT8 SSIM':>10}", flush=True)
     worst = 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -16,7 +17,6 @@ from lesrcnn import cli
 
 
 def _env():
-    import os
     return dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
 
 
@@ -183,3 +183,22 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
             "except KeyboardInterrupt as e:\n    print('CAUGHT', type(e).__name__)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
     assert "CAUGHT Terminated" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_quoted_globs_match_as_the_shell_would(tmp_path, monkeypatch):
+    """Our walker replaces glob.glob (which follows symlink loops): same matches as glob on a tree
+    without loops."""
+    import glob
+
+    from lesrcnn.upscale_cli import input_files
+
+    for rel in ("a.png", "b.jpg", "ab.png", ".hidden.png", "sub/c.png", "sub/deep/d.png", "sub/deep/e.PNG",
+                "other/f.png", "x[1].png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    for pattern in ("*.png", "**/*.png", "sub/**/*.png", "sub/*/*.png", "[ab]*.png", "[!a]*", "?.png", "*/c.png",
+                    "**/d.png", "sub/**", str(tmp_path / "**" / "*.jpg"), "x[[]1].png"):
+        want = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        got = sorted(str(p) for p in input_files(pattern)[1])
+        assert got == want, pattern

@@ -16,6 +16,7 @@ from PIL import Image
 from conftest import REPO, assert_one_line_error, natural_image, run_cli
 from lesrcnn import weights as W
 from lesrcnn.errors import LesrcnnError
+from lesrcnn.io import TEMP_MARK
 from lesrcnn.resize import imresize
 from lesrcnn.train import Options, load_config, make_options, run
 from lesrcnn.train_data import PatchSampler
@@ -324,7 +325,7 @@ def test_kill_9_at_any_moment_then_resume(data, tmp_path):
     log = steps_logged(out)
     assert log == sorted(set(log)) and log[-1] == st["step"] + 2
     assert W.load(out / "last.safetensors").metadata["provenance"]["steps"] == st["step"] + 2
-    assert not [f for f in os.listdir(out) if f.endswith(".tmp") and "last" in f]
+    assert not [f for f in os.listdir(out) if TEMP_MARK in f]
 
 
 def test_a_full_disk_is_one_line_naming_the_checkpoint(data, tmp_path):
@@ -336,7 +337,7 @@ def test_a_full_disk_is_one_line_naming_the_checkpoint(data, tmp_path):
                        capture_output=True, text=True, preexec_fn=small_files)
     assert_one_line_error(r, contains="cannot write")
     assert "last.state.pt" in r.stderr and "enforce fail" not in r.stderr
-    assert not [f for f in os.listdir(tmp_path / "f") if f.endswith(".tmp")]
+    assert not [f for f in os.listdir(tmp_path / "f") if TEMP_MARK in f]
 
 
 def test_sigint_saves_and_exits_cleanly(data, tmp_path):

@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         _silence_stdout()
-        return _error("the output pipe was closed early; the output is incomplete")
+        if _command(argv) == "upscale":  # image bytes on stdout: a short write is lost data
+            return _error("the output pipe was closed early; the output is incomplete")
+        return 141  # text (`lesrcnn info | head`): the reader had enough, as with SIGPIPE in Unix tools
     except MemoryError:
         return _error("out of memory; use a smaller --tile")
     except ModuleNotFoundError as e:

@@ -241,8 +241,7 @@ def init_interpolation(model: LESRCNN, carry: int = 3, seed: int | None = None) 
     """
     if seed is not None:
         torch.manual_seed(seed)
-    C = 2 * carry  # carried channels: 2c -> +x_c, 2c+1 -> -x_c
-    v = model.v
+    C, v = 2 * carry, model.v  # carried channels: 2c -> +x_c, 2c+1 -> -x_c
 
     def identity_center(conv: nn.Conv2d, scale_in: float = 1.0) -> None:
         conv.weight[:C] = 0

@@ -94,7 +94,7 @@ def connect(address: str | None = None, **init_kwargs) -> None:
     except ImportError:
         raise LesrcnnError("Ray batch upscaling needs `pip install lesrcnn[ray]`") from None
     if not ray.is_initialized():
-        kw = {"include_dashboard": False, "log_to_driver": False, **init_kwargs}
+        kw = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING, **init_kwargs}
         if address not in (None, "", "local"):
             kw["address"] = address
             _check_reachable(address)
@@ -161,11 +161,15 @@ def _run(rows, scale, weights, address, actors, cpus, gpus, overwrite, quality, 
     avail = res.get("GPU" if gpus > 0 else "CPU", 0.0)
     n = actors or max(1, int(avail // per) if per > 0 else 1)
     n = max(1, min(n, len(rows)))
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-operator chatter on stdout
+    # Ray Data's INFO lines (and its progress, logged line by line when stderr is not a terminal)
+    # would bury the CLI's own one-line messages; $RAY_DATA_LOG_LEVEL still wins if set
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING" if progress else "ERROR")
+    logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
     ray.data.DataContext.get_current().enable_progress_bars = progress
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # one image per block: even spread
     out = ds.map_batches(
-        UpscaleActor, batch_size=1, batch_format="numpy", concurrency=n, num_cpus=cpus, num_gpus=gpus,
+        UpscaleActor, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n),
+        num_cpus=cpus, num_gpus=gpus,
         fn_constructor_kwargs={"scale": scale, "weights": weights, "options": options,
                                "threads": max(1, int(cpus)), "overwrite": overwrite, "quality": quality})
     for row in out.iter_rows():

@@ -172,8 +172,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         elif typ == list[str]:
             p.add_argument(flag, action="append", metavar="DIR", help=helptext)
         else:
+            flags = (flag, "-g") if f.name == "device" else (flag,)  # -g: as the ncnn upscalers take it
             conv = device_arg if f.name == "device" else typ
-            p.add_argument(flag, type=conv, choices=meta["choices"], default=None, help=helptext)
+            p.add_argument(*flags, type=conv, choices=meta["choices"], default=None, help=helptext)
     p.set_defaults(func=main)
     return p
 

@@ -246,7 +246,8 @@ class Trainer:
         self.loss_sum, self.loss_n, self.last_loss = torch.zeros((), device=dev), 0, float("nan")
         self.batch_now: tuple | None = None
         self.t_start = self.t_log = time.time()
-        self.step_log, self.last_val, self.scale = 0, {}, 0
+        self.step_log = self.step_start = self.scale = 0
+        self.last_val: dict = {}
         self.sampler: PatchSampler | None = None
         self.metrics: MetricsLog | None = None
         self.bar = None
@@ -321,6 +322,13 @@ class Trainer:
             with torch.autocast(self.ctx.device.type, dtype=self.amp, enabled=self.amp is not None):
                 ok &= torch.isfinite(self.loss_fn(model(x, s).float(), y))
         return bool(ok)
+
+    def stop_reason(self, stop: Stop) -> str | None:
+        if self.step >= self.opts.steps:
+            return "done"
+        if self.opts.max_minutes and self.elapsed() > self.opts.max_minutes * 60:
+            return "time limit"
+        return f"signal {stop.signal}" if stop.signal else None
 
     def kept(self) -> str:
         if self.saved_step is None:
@@ -413,23 +421,21 @@ def read_state(d: RunDir, opts: Options) -> dict:
 # --- the loop ----------------------------------------------------------------------------------------
 
 def loop(t: Trainer) -> str:
-    """Train until the step count, the wall-time limit or a signal; returns why it stopped."""
+    """Train until the step count, the wall-time limit or a signal; returns why it stopped. The last
+    step is always validated (with --val), logged and checked, so the final save is a good one."""
     o, stop = t.opts, Stop()
-    while t.step < o.steps:
-        s, x, y = t.sampler.batch(t.rng, o.batch, t.part)
-        t.train_step(s, x, y)
-        val = t.validate() if o.val and t.step % o.val_every == 0 else None
-        if val or t.step % o.log_every == 0:
+    reason = "done" if t.step >= o.steps else None
+    while reason is None:
+        t.train_step(*t.sampler.batch(t.rng, o.batch, t.part))
+        reason = t.stop_reason(stop)
+        val = t.validate() if o.val and (t.step % o.val_every == 0 or reason) else None
+        if val or reason or t.step % o.log_every == 0:
             t.report(val)
         if t.bar is not None:
             t.bar.update(1)
         if t.step % o.save_every == 0:
             t.save()
-        if o.max_minutes and t.elapsed() > o.max_minutes * 60:
-            return "time limit"
-        if stop.signal:
-            return f"signal {stop.signal}"
-    return "done"
+    return reason
 
 
 def train(opts: Options, resume: bool = False, log: Callable | None = None) -> dict:
@@ -452,26 +458,24 @@ def train(opts: Options, resume: bool = False, log: Callable | None = None) -> d
         atomic_write_text(run_dir.path / "config.json", json.dumps(resolved, indent=2))
         t.metrics = MetricsLog(run_dir.metrics, t.step if resume else None)
         from tqdm import tqdm
-        t.bar = tqdm(total=opts.steps, initial=t.step, desc="train", dynamic_ncols=True, file=sys.stderr, disable=None)
+        t.bar = tqdm(total=opts.steps, initial=t.step, desc="train", dynamic_ncols=True, file=sys.stderr,
+                     disable=None)
     t.t_start = t.t_log = time.time()
-    t.step_log = t.step_log_start = t.step
+    t.step_log = t.step_start = t.step
     t.model.train()
     try:
         reason = loop(t)
-        if t.loss_n:
-            t.report(None)
     except NonFinite:
         raise
     except BaseException:
-        _save_quietly(t)
+        if t.step > t.step_start:
+            _save_quietly(t)
         raise
     finally:
         if t.bar is not None:
             t.bar.close()
         if t.metrics is not None:
             t.metrics.f.close()
-    if opts.val and t.step % opts.val_every and t.step > t.step_log_start:
-        t.validate()  # the final weights (and their EMA) are candidates for best too
     t.save()
     summary = {"step": t.step, "reason": reason, "loss": t.last_loss, "seconds": round(t.elapsed(), 1),
                "best_val": t.best if t.best > -math.inf else None, "out": str(run_dir.path)}

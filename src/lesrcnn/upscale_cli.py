@@ -210,8 +210,9 @@ def _glob_regex(parts: tuple[str, ...]) -> re.Pattern:
                 out.append("[^/]")
             elif c == "[" and _class_end(part, j) > 0:
                 k = _class_end(part, j)
-                body = part[j + 1:k]
-                out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+                body, neg = part[j + 1:k], part[j + 1] == "!"
+                body = re.sub(r"([\\&~|\[\]^])", r"\\\1", body[1:] if neg else body)  # literal in a class
+                out.append("[" + ("^" if neg else "") + body + "]")
                 j = k
             else:
                 out.append(re.escape(c))
