@@ -126,3 +126,21 @@ def test_tiny_patch_with_blur():
     hr = _photo(8, 8)
     lr = real_lr(hr, 4, np.random.default_rng(0), Chain(blur_prob=1.0))
     assert lr.shape == (2, 2, 3)
+
+
+def test_real_weights_registered_and_restore_jpeg(shared):
+    """`--weights real` loads, records its degradation, and beats the default on a JPEG-q75 input."""
+    import torch
+
+    from lesrcnn import weights as W
+    from lesrcnn.data import read_rgb
+    from lesrcnn.evaluate import super_resolve
+    from lesrcnn.metrics import psnr_y, to_uint8
+
+    ck, base = W.load("real"), W.load("lesrcnn-s")
+    assert ck.scales == (2, 3, 4) and ck.metadata["provenance"]["recipe"]["degradation"] == "real"
+    hr = read_rgb(shared / "data/benchmarks/Set5/image_SRF_2/img_003_SRF_2_HR.png")[64:160, 64:160].copy()
+    lr = jpeg_variant(imresize(hr, 0.5), 75)
+    with torch.inference_mode():
+        out = {k: to_uint8(super_resolve(m.model, lr, 2).permute(1, 2, 0)) for k, m in (("real", ck), ("base", base))}
+    assert psnr_y(out["real"], hr, 2) > psnr_y(out["base"], hr, 2) + 0.3

@@ -30,6 +30,10 @@ PRETRAINED: dict[str, dict] = {
     "lesrcnn-s": {"file": "lesrcnn_s.safetensors", "scales": (2, 3, 4),
                   "sha256": "8e018a6504a5f74c77514c4580140e1f15938bc4624b97d36109c8ace7a2bf8e",
                   "about": "multi-scale LESRCNN-S trained from scratch by `lesrcnn train` on T91+BSD200"},
+    "real": {"file": "lesrcnn_s_real.safetensors", "scales": (2, 3, 4),
+             "sha256": "5f5139bf31341a001490bd29282949e1752787b6b7a01184b88c801bcea5f906",
+             "about": "multi-scale LESRCNN-S for real photos (JPEG, noise, blur): lesrcnn-s fine-tuned with "
+                      "`--degradation real` on T91+BSD200"},
 }
 DEFAULT_WEIGHTS = "lesrcnn-s"
 
