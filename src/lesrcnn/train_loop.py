@@ -189,12 +189,24 @@ class EMA:
 
 
 class Stop:
-    """SIGINT/SIGTERM ask the loop to save and leave at the next step boundary."""
+    """SIGINT/SIGTERM ask the loop to save and leave at the next step boundary; the caller's own
+    handlers come back afterwards (the API must not swallow a host program's Ctrl-C for good)."""
 
     def __init__(self):
         self.signal = None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        self._saved: dict = {}
+
+    def __enter__(self) -> "Stop":
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: no signals to catch
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         self.signal = signum
@@ -423,18 +435,19 @@ def read_state(d: RunDir, opts: Options) -> dict:
 def loop(t: Trainer) -> str:
     """Train until the step count, the wall-time limit or a signal; returns why it stopped. The last
     step is always validated (with --val), logged and checked, so the final save is a good one."""
-    o, stop = t.opts, Stop()
+    o = t.opts
     reason = "done" if t.step >= o.steps else None
-    while reason is None:
-        t.train_step(*t.sampler.batch(t.rng, o.batch, t.part))
-        reason = t.stop_reason(stop)
-        val = t.validate() if o.val and (t.step % o.val_every == 0 or reason) else None
-        if val or reason or t.step % o.log_every == 0:
-            t.report(val)
-        if t.bar is not None:
-            t.bar.update(1)
-        if t.step % o.save_every == 0:
-            t.save()
+    with Stop() as stop:
+        while reason is None:
+            t.train_step(*t.sampler.batch(t.rng, o.batch, t.part))
+            reason = t.stop_reason(stop)
+            val = t.validate() if o.val and (t.step % o.val_every == 0 or reason) else None
+            if val or reason or t.step % o.log_every == 0:
+                t.report(val)
+            if t.bar is not None:
+                t.bar.update(1)
+            if t.step % o.save_every == 0:
+                t.save()
     return reason
 
 
