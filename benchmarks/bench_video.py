@@ -40,7 +40,8 @@ def make_clip(path: Path, frames: int, w: int, h: int, fps: int = 30) -> Path:
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         a = out.add_stream("aac", rate=48000)
         for i in range(frames):
-            img = np.stack([0.5 + 0.3 * np.sin(0.03 * (x + 4 * i) + c) * np.cos(0.05 * y - c) for c in range(3)], 2)
+            img = np.stack([0.5 + 0.3 * np.sin(0.03 * (x + 4 * i) + c) * np.cos(0.05 * y - c)
+                            for c in range(3)], 2)
             img[h // 3:h // 2, (20 + 8 * i) % w:(80 + 8 * i) % w or w] = 0.9
             img += rng.normal(0, 0.015, img.shape).astype(np.float32)
             f = av.VideoFrame.from_ndarray((np.clip(img, 0, 1) * 255).astype(np.uint8), format="rgb24")
@@ -74,12 +75,12 @@ def run(clip: Path, out: Path, precision: str, backend: str, device: str) -> str
         return f"{precision:>5}  unavailable: ran as {up.precision} on {up.device.type}"
     load = time.perf_counter() - t0
     r = up.upscale_video(clip, out, overwrite=True, progress=False)
-    stats = r.stats
-    fps = r.frames / stats.wall_s
-    outside = 1 - stats.infer_s / stats.wall_s
-    return (f"{precision:>5}  {up.backend:<9} {fps:8.3f} fps   network alone {r.frames / stats.infer_s:8.3f} fps   "
-            f"outside the network {100 * outside:5.1f}% of {stats.wall_s:7.1f} s   "
-            f"(model load {load:.1f} s, remux {r.seconds - stats.wall_s:.1f} s)")
+    fps = r.frames / r.wall_s
+    outside = 1 - r.infer_seconds / r.wall_s
+    network = r.frames / r.infer_seconds
+    return (f"{precision:>5}  {up.backend:<9} {fps:8.3f} fps   network alone {network:8.3f} fps   "
+            f"outside the network {100 * outside:5.1f}% of {r.wall_s:7.1f} s   "
+            f"(model load {load:.1f} s, remux {r.seconds - r.wall_s:.1f} s)")
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO / "src"))
 from lesrcnn import backends as BK  # noqa: E402
 from lesrcnn import weights as W  # noqa: E402
 from lesrcnn.data import find_dataset, load_pair  # noqa: E402
+from lesrcnn.export import INT8_MODULES, INT8_PATCHES, INT8_RECIPE  # noqa: E402
 from lesrcnn.metrics import psnr_y, ssim_y, to_uint8  # noqa: E402
 
 
@@ -57,9 +58,10 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     sh = shared_dir(a.shared)
-    print(f"# INT8 = what `--precision int8` runs: {BK.INT8_METHOD} calibration on {BK.INT8_PATCHES} built-in synthetic "
-          f"dead-leaves LR patches, cross-layer equalisation, static QDQ (u8 activations, s8 per-channel weights) of "
-          f"the IEEB (upsampler, IRB and last conv float); fp32 and INT8 both in {a.backend}; Y channel, border = scale, truncation")
+    print(f"# INT8 = what `--precision int8` runs, recipe {INT8_RECIPE}: percentile ranges on {INT8_PATCHES} built-in "
+          f"synthetic dead-leaves LR patches, cross-layer equalisation, static QDQ (u8 activations, s8 per-channel "
+          f"weights) of the convolutions of {'+'.join(INT8_MODULES)} (the IEEB; the rest float); fp32 and INT8 both in "
+          f"{a.backend}; Y channel, border = scale, truncation")
     print(f"{'weights':<9} {'dataset':<7} {'scale':>5} {'fp32 PSNR':>10} {'INT8 PSNR':>10} {'dPSNR':>7} "
           f"{'fp32 SSIM':>10} {'INT8 SSIM':>10}", flush=True)
     worst = 0.0

@@ -149,3 +149,20 @@ def test_backend_and_precision_errors(wfile):
         Upscaler(2, wfile, device="cpu", backend="torch", precision="int8")
     assert [n for n, _ in BK.auto_report("fp32", "cpu")] == list(BK.AUTO_ORDER["fp32"])
     assert BK.auto_order("fp32", torch.device("cuda")) == ("torch",)
+
+
+def test_info_backends_says_what_auto_picks_and_why():
+    import json
+
+    from conftest import run_cli
+
+    lines = run_cli("info", "--backends", check=True).stdout.splitlines()
+    assert [ln.split()[:2] for ln in lines[:3]] == [["backend", n] for n in ("torch", "onnx", "openvino")]
+    assert len({ln.index(ln.split("  ")[-1].strip()) for ln in lines}) == 1  # one aligned column
+    d = json.loads(run_cli("info", "--backends", "--json", check=True).stdout)
+    assert d["auto"]["fp32"]["picks"] == next(n for n in BK.AUTO_ORDER["fp32"] if BK.installed(n) is None)
+    r = _blocked("openvino", args=["info", "--backends", "--json"])  # openvino missing: auto falls to the next
+    d = json.loads(r.stdout)
+    assert "lesrcnn[openvino]" in d["installed"]["openvino"]
+    assert d["auto"]["fp32"]["picks"] == ("onnx" if BK.installed("onnx") is None else "torch")
+    assert "first installed of openvino > onnx > torch" in d["auto"]["fp32"]["rule"]

@@ -125,7 +125,8 @@ def test_export_cli(tmp_path):
     r = run_cli("export", "--weights", ckpt, "-o", tmp_path / "all.onnx", check=True)  # every scale, one file each
     for s in (2, 3, 4):
         assert E.model_scale(onnx.load(str(tmp_path / f"all_x{s}.onnx"))) == s
-    assert_one_line_error(run_cli("export", "--weights", ckpt, "-o", tmp_path / "q.onnx", "--int8"), contains="--calib")
+    assert_one_line_error(run_cli("export", "--weights", ckpt, "-o", tmp_path / "q.onnx", "--int8", "--fp16"),
+                          contains="--fp16")
     assert_one_line_error(run_cli("export", "--weights", tmp_path / "none.pth", "-o", tmp_path / "q.onnx"),
                           contains="not found")
     assert_one_line_error(run_cli("export", "--weights", ckpt, "-o", tmp_path / "q.onnx", "--opset", "7"),
@@ -145,10 +146,9 @@ def test_equalisation_is_exact_in_fp32():
         assert np.abs(E.torch_reference(eq, x, s) - ref).max() < 1e-5 * max(1.0, np.abs(ref).max())
 
 
-def test_int8_quantisation_structure_and_error(tmp_path):
+def test_int8_recipe_structure_and_error():
     m = interp(2)
-    proto = E.to_onnx(m, 2)
-    q = E.quantize_int8(proto, E.synthetic_patches(8, 32), method="minmax")
+    q = E.int8_model(m, 2, E.synthetic_patches(8, 32))
     ops = {n.op_type for n in q.graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     onnx.checker.check_model(q)
@@ -158,39 +158,28 @@ def test_int8_quantisation_structure_and_error(tmp_path):
     assert y.shape == ref.shape
     assert np.abs(np.clip(y, 0, 1) - np.clip(ref, 0, 1)).mean() < 2 / 255
     props = {p.key: p.value for p in q.metadata_props}
-    assert props["precision"] == "int8" and props["scale"] == "2"
+    assert props["precision"] == "int8" and props["scale"] == "2" and E.INT8_RECIPE in props["quantization"]
 
 
-def test_int8_cli_with_calibration_folder(tmp_path):
-    from PIL import Image
-
-    d = tmp_path / "calib"
-    d.mkdir()
-    for i in range(3):
-        Image.fromarray(natural_image(80, 90, seed=i)).save(d / f"{i}.png")
-    ckpt = W.save(interp(2), tmp_path / "x2.safetensors")
+def test_int8_cli_writes_the_model_that_precision_int8_runs(tmp_path):
+    """One recipe: ``export --int8`` writes what ``--precision int8`` runs (embedded weights: the shipped model)."""
     out = tmp_path / "q.onnx"
-    r = run_cli("export", "--weights", ckpt, "-o", out, "--int8", "--calib", d, "--calib-patches", "6",
-                "--calib-method", "minmax", check=True)
-    assert "INT8" in r.stdout and out.is_file()
-    patches = E.calibration_patches(d, 2, 6, lr_patch=32)
-    assert len(patches) == 6 and {p.shape for p in patches} == {(1, 3, 32, 32)}
-    assert_one_line_error(run_cli("export", "--weights", ckpt, "-o", tmp_path / "r.onnx", "--int8", "--calib",
-                                  tmp_path / "nothing"), contains="calib")
+    r = run_cli("export", "-s", "2", "-o", out, "--int8", check=True)
+    assert "INT8" in r.stdout and "/255" in r.stdout
+    assert out.read_bytes() == BK.int8_onnx(W.load(None).model, 2, progress=False)
+    assert_one_line_error(run_cli("export", "-s", "2", "-o", tmp_path / "r.onnx", "--int8", "--opset", "13"),
+                          contains="opset")
 
 
 @needs_shared
 def test_int8_psnr_on_a_set5_image_within_bound():
-    """Official x2 weights, the export's INT8 recipe on 16 T91 calibration patches; the smallest Set5
-    image. (The whole Set5/Set14 table at every scale: benchmarks/int8_psnr.py.)"""
+    """Official x2 weights, the INT8 recipe (built-in calibration set); the smallest Set5 image.
+    (The whole Set5/Set14 table at every scale: benchmarks/int8_psnr.py.)"""
     from lesrcnn.data import find_dataset, load_pair
     from lesrcnn.metrics import psnr_y, to_uint8
 
     ck = W.load(official(2))
-    calib = SHARED / "data" / "train" / "T91"
-    if not calib.is_dir():
-        pytest.skip("T91 not in shared")
-    q = E.int8_model(ck.model, 2, E.calibration_patches(calib, 2, 16))
+    q = E.int8_model(ck.model, 2)
     ds = find_dataset(SHARED / "data" / "benchmarks" / "Set5", 2)
     pair = min(ds.pairs, key=lambda p: p.hr.stat().st_size)  # the smallest image, for speed
     hr, lr = load_pair(pair, 2)

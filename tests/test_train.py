@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import resource
@@ -17,10 +18,11 @@ from conftest import REPO, assert_one_line_error, natural_image, run_cli
 from lesrcnn import weights as W
 from lesrcnn.errors import LesrcnnError
 from lesrcnn.io import TEMP_MARK
+from lesrcnn.model import LESRCNN
 from lesrcnn.resize import imresize
 from lesrcnn.train import Options, load_config, make_options, run
 from lesrcnn.train_data import PatchSampler
-from lesrcnn.train_loop import lr_at
+from lesrcnn.train_loop import fuse_rb_for_training, lr_at
 
 CPU = torch.device("cpu")
 
@@ -122,6 +124,27 @@ def test_too_small_for_a_scale_is_one_line():
     hrs = [natural_image(20, 20)]
     with pytest.raises(LesrcnnError, match="x4"):
         PatchSampler(hrs, {2: [imresize(hrs[0], 0.5)], 4: [imresize(hrs[0], 0.25)]}, {2: 8, 4: 8}, CPU)
+
+
+def test_training_runs_the_rb_fused_with_the_same_function_and_gradients():
+    torch.manual_seed(0)
+    plain = LESRCNN(scales=(2, 3, 4)).double()
+    fused = fuse_rb_for_training(copy.deepcopy(plain))
+    assert list(fused.state_dict()) == list(plain.state_dict())  # checkpoints keep the module's form
+    for s in (2, 3, 4):
+        x, got = torch.rand(2, 3, 10, 12, dtype=torch.float64), []
+        for m in (plain, fused):
+            calls = []
+            hook = m.upsample[f"x{s}"][0].register_forward_hook(lambda *a: calls.append(1))
+            m.zero_grad()
+            y = m(x, s)
+            y.square().sum().backward()
+            hook.remove()
+            got.append((y, [p.grad for p in m.parameters() if p.grad is not None], len(calls)))
+        (y0, g0, n0), (y1, g1, n1) = got
+        assert (n0, n1) == (2, 1)  # one upsampler pass instead of two
+        assert torch.allclose(y0, y1, atol=1e-12) and len(g0) == len(g1)
+        assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(g0, g1))
 
 
 # --- runs ------------------------------------------------------------------------------------------
@@ -319,6 +342,7 @@ def test_kill_9_at_any_moment_then_resume(data, tmp_path):
     time.sleep(np.random.default_rng().uniform(0, 0.3))
     p.kill()
     p.wait()
+    (out / f".last.state.pt{TEMP_MARK}0badf00d").write_bytes(b"cut")  # as a kill during a write leaves it
     st = torch.load(out / "last.state.pt", weights_only=True)
     r = subprocess.run(args + ["--steps", str(st["step"] + 2), "--resume"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -38,14 +38,14 @@ def ship_int8(weights: str | None) -> None:
     key = BK.digest(ck.model)
     out = PRETRAINED / "int8"
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.onnx"):
-        if not old.name.startswith(key[:24]):
-            old.unlink()  # INT8 models of weights that no longer ship
     for s in ck.scales:
-        path = out / f"{key[:24]}_x{s}_{BK.INT8_METHOD}_ieeb.onnx"
         data = BK.int8_onnx(ck.model, s, key=key, cache=False)
+        path = out / BK.int8_name(key, s)
         atomic_write_bytes(path, data)
         print(f"wrote {path} ({len(data) / 1e6:.2f} MB)", flush=True)
+    for old in out.glob("*.onnx"):
+        if old.name not in {BK.int8_name(key, s) for s in ck.scales}:
+            old.unlink()  # models of weights or recipes that no longer ship
 
 
 def main() -> None:

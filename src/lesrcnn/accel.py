@@ -1,28 +1,21 @@
 """An opt-in fused oneDNN runner for CPU inference, built from a model: ``CpuAccelerator(model)``.
 
-Every convolution goes to oneDNN directly (``torch.ops.mkldnn._convolution_pointwise``, the op
-that torch.compile's CPU backend emits) on channels-last tensors, with weights pre-packed in
-oneDNN's blocked layout per input shape, and with the elementwise work fused into the
-convolutions: ReLU after each 3x3 conv, "add the unit's input then ReLU" after each 1x1 conv
-(accumulated in place), the RB as one upsampler pass (:func:`lesrcnn.model.fuse_rb`), the mean
-added back as the bias of the last conv, and the ReLU after the RB applied before the last
-PixelShuffle (elementwise ops commute with it). Same function as the module up to float
-rounding order (max abs difference ~1e-6 on [0, 1] images), ~1.3x faster than channels-last
-eager PyTorch.
-
-The weights are copied when the accelerator is built: build a new one after changing them.
+Every convolution goes straight to oneDNN (``torch.ops.mkldnn._convolution_pointwise``, what
+torch.compile's CPU backend emits) on channels-last tensors with weights pre-packed per input
+shape, the elementwise work fused in (ReLUs, the residual adds accumulated in place, the RB as
+one upsampler pass via :func:`lesrcnn.model.fuse_rb`, the mean as the last conv's bias): the
+module's function up to float rounding (~1e-6), ~1.3x faster than channels-last eager PyTorch.
+The weights are copied when it is built: build a new one after changing them.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .model import LESRCNN, fuse_rb
-
-_SHAPES_KEPT = 8  # packed input shapes kept (tiles and batches repeat a few shapes)
 
 
 def available() -> bool:
@@ -33,10 +26,8 @@ def available() -> bool:
 
 
 class CpuAccelerator(nn.Module):
-    """``acc(x, scale)`` == ``model(x, scale)`` for float32 NCHW CPU input, without autograd.
-
-    An ``nn.Module`` holding the fused copy of the model (so ``parameters()``, ``scales``,
-    ``multiscale`` answer as for the model), whose ``forward`` runs the fused oneDNN kernels."""
+    """``acc(x, scale)`` == ``model(x, scale)`` for float32 NCHW CPU input, without autograd; a
+    module holding the fused copy, so ``parameters()``, ``scales``, ``multiscale`` answer as the model's."""
 
     def __init__(self, model: LESRCNN):
         super().__init__()
@@ -44,7 +35,7 @@ class CpuAccelerator(nn.Module):
             raise RuntimeError("this torch build has no fused oneDNN convolutions")
         self.model = fuse_rb(model).float().eval().cpu()
         self.scales, self.v = self.model.scales, self.model.v
-        self._packed: OrderedDict = OrderedDict()
+        self._pack = functools.lru_cache(maxsize=8)(self._pack_weights)  # tiles repeat a few shapes
 
     @property
     def multiscale(self) -> bool:
@@ -53,11 +44,8 @@ class CpuAccelerator(nn.Module):
     def receptive_margin(self) -> int:
         return self.model.receptive_margin()
 
-    def _pack(self, scale: int, n: int, h: int, w: int) -> dict:
-        key = (scale, n, h, w)
-        if key in self._packed:
-            self._packed.move_to_end(key)
-            return self._packed[key]
+    def _pack_weights(self, scale: int, n: int, h: int, w: int) -> dict:
+        """The weights in oneDNN's blocked layout for an n x 3 x h x w input."""
         m, reorder = self.model, torch._C._nn.mkldnn_reorder_conv2d_weight
 
         def pack(conv: nn.Conv2d, hh: int, ww: int) -> torch.Tensor:
@@ -77,9 +65,6 @@ class CpuAccelerator(nn.Module):
         p["irb"] = [pack(c, hh, ww) for c in m.irb]
         p["tail"] = pack(m.tail, hh, ww)
         p["mean"] = m.mean.detach().reshape(3).contiguous()
-        self._packed[key] = p
-        if len(self._packed) > _SHAPES_KEPT:
-            self._packed.popitem(last=False)
         return p
 
     @torch.no_grad()
@@ -106,7 +91,7 @@ class CpuAccelerator(nn.Module):
                 g = conv_add_(g, t, w1, None, t_pad, one, one, 1, "add", 1.0, "relu", [], "")
         r = g + h0 if self.v.local_fusion else g
         del g, h0, t  # free the LR maps before the HR ones are allocated (peak memory)
-        last = max(i for i, (kind, _, _) in enumerate(P["up"]) if kind == "conv")
+        last = max(i for i, (kind, _, _) in enumerate(P["up"]) if kind == "conv")  # ReLU commutes w/ shuffle
         for i, (kind, a, b) in enumerate(P["up"]):
             if kind == "conv":
                 r = conv(r, a, b, pad1, one, one, 1, "relu" if i == last else "none", [], "")

@@ -1,15 +1,11 @@
 """Inference backends behind one interface: ``engine(x, scale) -> y`` on float32 NCHW tensors.
 
-- ``torch``: PyTorch; on CPU in float32 the fused oneDNN runner (:mod:`lesrcnn.accel`), on
-  CUDA/MPS the module (RB fused, channels-last) in fp32/fp16/bf16.
-- ``onnx``: ONNX Runtime on the exported graph (:func:`lesrcnn.export.to_onnx`), fp32 or INT8.
-- ``openvino``: OpenVINO on the same ONNX graph, fp32 or INT8 (the same QDQ model).
-- ``auto``: the first of :data:`AUTO_ORDER` that is installed and loads (see :func:`auto_report`).
-
-Compiled runtimes are cached per (backend, weights content hash, scale, precision, threads),
-never per object id, with dynamic height/width, so a folder of images compiles once. INT8
-models are built once per (weights hash, scale, calibration method) and kept in the user's
-cache directory (or shipped inside the package for the embedded weights).
+``torch`` (on CPU in fp32 the fused oneDNN runner of :mod:`lesrcnn.accel`; on CUDA/MPS the module
+in fp32/fp16/bf16), ``onnx`` (ONNX Runtime) and ``openvino`` on the exported graph, fp32 or INT8,
+and ``auto``: the first of :data:`AUTO_ORDER` that is installed and loads. Compiled runtimes are
+cached per (backend, weights content hash, scale, precision, threads) with dynamic height/width,
+so a folder of images compiles once. INT8 models are built once per (weights hash, scale, recipe)
+and kept in the user's cache folder, or shipped in the package for the embedded weights.
 """
 from __future__ import annotations
 
@@ -35,14 +31,6 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 # fp32 runtime and OpenVINO INT8 the fastest INT8 one; ONNX Runtime is next; our fused oneDNN
 # PyTorch path last. On a GPU (CUDA/MPS) the torch backend is the only one.
 AUTO_ORDER = {"fp32": ("openvino", "onnx", "torch"), "int8": ("openvino", "onnx")}
-EXTRA = {"onnx": "onnx", "openvino": "openvino"}
-INT8_METHOD = "percentile"
-INT8_PATCHES = 32
-# Layers from the RB on kept in float (upsampler, IRB, last conv): all of them, so INT8 covers the
-# LR feature extractor (IEEB). Measured on Set5 x2 (benchmarks/int8_psnr.py): INT8 everywhere
-# loses 0.38 dB with the embedded weights, RB + first IRB layer in float still 0.65 dB, only the
-# IEEB in INT8 0.013 dB (official weights: 0.05 / 0.04 / 0.05 dB).
-INT8_FLOAT_HR = 99
 _CACHE_KEPT = 12
 _RUNNERS: OrderedDict = OrderedDict()
 
@@ -69,56 +57,39 @@ def digest(model: LESRCNN) -> str:
 
 def installed(name: str) -> str | None:
     """None if ``name``'s runtime imports, else why not (one line)."""
-    if name == "torch":
-        return None
-    modules = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}[name]
-    for mod in modules:
+    for mod in {"torch": (), "onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}[name]:
         try:
             __import__(mod)
         except Exception as e:  # ImportError, or a broken install raising anything
-            return f"{mod} not importable ({type(e).__name__}); pip install 'lesrcnn[{EXTRA[name]}]'"
+            return f"{mod} not importable ({type(e).__name__}); pip install 'lesrcnn[{name}]'"
     return None
 
 
 def auto_order(precision: str, device: torch.device) -> tuple[str, ...]:
-    if device.type != "cpu":
-        return ("torch",)
-    return AUTO_ORDER["int8" if precision == "int8" else "fp32"]
+    return AUTO_ORDER["int8" if precision == "int8" else "fp32"] if device.type == "cpu" else ("torch",)
 
 
 def auto_report(precision: str = "fp32", device: str | torch.device = "cpu") -> list[tuple[str, str]]:
-    """(backend, status) in ``auto``'s order: 'picked', 'not installed: ...' or 'fallback'."""
-    out, picked = [], False
+    """(backend, status) in ``auto``'s order: 'picked', 'not installed: ...' or 'fallback ...'."""
+    out = []
     for name in auto_order(precision, torch.device(device)):
         why = installed(name)
-        if why:
-            out.append((name, f"not installed: {why}"))
-        elif not picked:
-            out.append((name, "picked"))
-            picked = True
-        else:
-            out.append((name, "fallback if the one above fails to load"))
+        picked = any(st == "picked" for _, st in out)
+        out.append((name, f"not installed: {why}" if why else
+                    "fallback if the one above fails to load" if picked else "picked"))
     return out
 
 
-# --- engines -------------------------------------------------------------------------------------
-
 class Engine(nn.Module):
-    """``engine(x, scale)``: NCHW float32 RGB in [0, 1] -> NCHW float32 SR, unclamped, on CPU
-    (torch on a GPU: on that device). An ``nn.Module`` holding the model, so ``parameters()``,
-    ``scales`` and ``receptive_margin()`` answer as for the network."""
+    """``engine(x, scale)``: NCHW float32 RGB in [0, 1] -> NCHW float32 SR, unclamped, on the CPU (torch:
+    on its device); a module holding the model, so ``scales`` and ``receptive_margin()`` answer as for it."""
 
     name = "?"
 
     def __init__(self, model: LESRCNN | None, precision: str, scales: tuple[int, ...] | None = None):
         super().__init__()
-        self.model = model
-        self.precision = precision
+        self.model, self.precision = model, precision
         self.scales = tuple(scales or model.scales)
-
-    @property
-    def multiscale(self) -> bool:
-        return len(self.scales) > 1
 
     def receptive_margin(self) -> int:
         return (self.model or LESRCNN(self.scales)).receptive_margin()
@@ -128,7 +99,7 @@ class Engine(nn.Module):
 
     def forward(self, x: torch.Tensor, scale: int | None = None) -> torch.Tensor:
         if scale is None:
-            if self.multiscale:
+            if len(self.scales) > 1:
                 raise LesrcnnError("a multi-scale model needs the scale: engine(x, scale)")
             scale = self.scales[0]
         return self.run(x, check_scale(scale, self.scales))
@@ -141,17 +112,16 @@ class TorchEngine(Engine):
     name = "torch"
 
     def __init__(self, model: LESRCNN, device: torch.device, precision: str = "fp32"):
+        from . import accel
+        from .upscale import prepare
+
         super().__init__(model, precision)
         self.device = device
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        self.fast = None
-        if device.type == "cpu" and precision == "fp32":
-            from . import accel
-
-            if accel.available():
-                self.fast = accel.CpuAccelerator(model)
-        self.net = None if self.fast is not None else _prepare(fuse_rb(model), device, dtype)
-        self.fp32 = None if precision == "fp32" else _prepare(fuse_rb(model), device, torch.float32)
+        cpu32 = device.type == "cpu" and precision == "fp32" and accel.available()
+        self.fast = accel.CpuAccelerator(model) if cpu32 else None
+        self.net = None if cpu32 else prepare(fuse_rb(model), device, dtype)
+        self.fp32 = None if precision == "fp32" else prepare(fuse_rb(model), device, torch.float32)
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -165,27 +135,18 @@ class TorchEngine(Engine):
         return y.float()
 
 
-def _prepare(model: LESRCNN, device: torch.device, dtype: torch.dtype) -> LESRCNN:
-    from .upscale import prepare
-
-    return prepare(model, device, dtype)
-
-
 class RuntimeEngine(Engine):
     """ONNX Runtime or OpenVINO on the exported graph of each scale (built on first use)."""
 
     def __init__(self, name: str, model: LESRCNN | None, precision: str = "fp32", threads: int | None = None,
                  onnx_file: str | os.PathLike | None = None, progress: bool = True):
-        scales = None
-        if onnx_file is not None:
-            scales = (_onnx_file_scale(onnx_file),)
-        super().__init__(model, precision, scales)
+        super().__init__(model, precision, None if onnx_file is None else (_onnx_file_scale(onnx_file),))
         self.name, self.threads, self.onnx_file, self.progress = name, threads, onnx_file, progress
         self.device = torch.device("cpu")
-        self._key = None if model is None else digest(model)
+        self._key = digest(model) if onnx_file is None else str(Path(onnx_file).resolve())
 
     def _runner(self, scale: int) -> Callable[[np.ndarray], np.ndarray]:
-        key = (self.name, self._key or str(Path(self.onnx_file).resolve()), scale, self.precision, self.threads)
+        key = (self.name, self._key, scale, self.precision, self.threads)
         if key in _RUNNERS:
             _RUNNERS.move_to_end(key)
             return _RUNNERS[key]
@@ -197,11 +158,10 @@ class RuntimeEngine(Engine):
             from .export import to_onnx
 
             src = to_onnx(self.model, scale).SerializeToString()
-        run = ort_runner(src, self.threads) if self.name == "onnx" else openvino_runner(src, self.threads)
-        _RUNNERS[key] = run
+        _RUNNERS[key] = ort_runner(src, self.threads) if self.name == "onnx" else openvino_runner(src, self.threads)
         if len(_RUNNERS) > _CACHE_KEPT:
             _RUNNERS.popitem(last=False)
-        return run
+        return _RUNNERS[key]
 
     def prepare(self, scale: int) -> None:
         self._runner(scale)
@@ -214,42 +174,39 @@ class RuntimeEngine(Engine):
 
 
 def _onnx_file_scale(path: str | os.PathLike) -> int:
-    from .export import _need_onnx, model_scale
+    from .export import model_scale, need
 
-    onnx = _need_onnx()
-    p = Path(path)
-    if not p.is_file():
-        raise LesrcnnError(f"ONNX model not found: {p}")
+    onnx = need("onnx")
+    if not Path(path).is_file():
+        raise LesrcnnError(f"ONNX model not found: {path}")
     try:
-        proto = onnx.load(str(p), load_external_data=False)
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise LesrcnnError(f"{p}: not a readable ONNX model ({_first_line(e)[:160]})") from None
+        raise LesrcnnError(f"{path}: not a readable ONNX model ({_first_line(e)[:160]})") from None
     s = model_scale(proto)
     if s is None:
-        raise LesrcnnError(f"{p}: no 'scale' in the model's metadata (export it with `lesrcnn export`)")
+        raise LesrcnnError(f"{path}: no 'scale' in the model's metadata (export it with `lesrcnn export`)")
     return s
 
 
 def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
+    return (str(e).strip() or type(e).__name__).splitlines()[0]
 
 
 def ort_session(model, threads: int | None = None, spin: bool = True):
-    """An ONNX Runtime CPU session on a ModelProto, serialized bytes or a path, all graph
-    optimisations on (Conv+ReLU/Add fusions, NCHWc layout)."""
-    from .export import _need_ort
+    """An ONNX Runtime CPU session (all graph optimisations) on a ModelProto, bytes or a path;
+    ``spin=False``: idle pool threads sleep at once (fair when sharing the CPU)."""
+    from .export import need
 
-    ort = _need_ort()
+    ort = need("onnxruntime")
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    if not spin:  # idle pool threads sleep at once instead of spinning (fair when sharing the CPU)
+    so.intra_op_num_threads = threads or 0
+    if not spin:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    src = model if isinstance(model, (bytes, str)) else (str(model) if isinstance(model, os.PathLike)
-                                                          else model.SerializeToString())
+    src = model.SerializeToString() if hasattr(model, "SerializeToString") else os.fspath(model) \
+        if isinstance(model, os.PathLike) else model
     try:
         return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
@@ -263,20 +220,16 @@ def ort_runner(src: bytes, threads: int | None = None, spin: bool = True) -> Cal
 
 
 def openvino_runner(src: bytes, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """OpenVINO on the CPU, dynamic batch/height/width, latency mode, f32 inference precision
-    (no silent bf16 on CPUs that have it), ``threads`` streams' worth of threads."""
-    try:
-        import openvino as ov
-    except ImportError:
-        raise LesrcnnError("OpenVINO is not installed: pip install 'lesrcnn[openvino]'") from None
+    """OpenVINO on the CPU, dynamic shapes, latency mode, f32 inference precision (no silent bf16)."""
+    import openvino as ov  # callers check installed("openvino") first
+
     core = ov.Core()
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
               "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
     try:
-        compiled = core.compile_model(core.read_model(src, b""), "CPU", config)
+        request = core.compile_model(core.read_model(src, b""), "CPU", config).create_infer_request()
     except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
         raise LesrcnnError(f"OpenVINO cannot load the model: {_first_line(e)[:240]}") from None
-    request = compiled.create_infer_request()
 
     def run(x: np.ndarray) -> np.ndarray:
         request.infer({0: x}, share_inputs=True)
@@ -284,66 +237,51 @@ def openvino_runner(src: bytes, threads: int | None = None) -> Callable[[np.ndar
     return run
 
 
-# --- INT8 -----------------------------------------------------------------------------------------
+def int8_name(key: str, scale: int) -> str:
+    """The INT8 model's file name: the weights' content hash, the scale and the recipe."""
+    from .export import INT8_RECIPE
 
-def int8_onnx(model: LESRCNN, scale: int, method: str = INT8_METHOD, progress: bool = True,
-              key: str | None = None, cache: bool = True) -> bytes:
-    """The INT8 ONNX model of ``model`` at ``scale``: shipped in the package, cached, or built
-    now (calibrated on :func:`calibration_set`, with a progress bar) and cached."""
+    return f"{key[:24]}_x{scale}_{INT8_RECIPE}.onnx"
+
+
+def int8_onnx(model: LESRCNN, scale: int, progress: bool = True, key: str | None = None, cache: bool = True) -> bytes:
+    """The INT8 ONNX model (:func:`lesrcnn.export.int8_model`) of ``model`` at ``scale``: shipped
+    in the package, cached, or calibrated now (with a progress bar) and cached."""
+    from tqdm import tqdm
+
     from . import __version__
+    from .export import INT8_PATCHES, int8_model
     from .io import atomic_write_bytes
 
-    name = f"{(key or digest(model))[:24]}_x{scale}_{method}_ieeb.onnx"
+    name = int8_name(key or digest(model), scale)
     for folder in (Path(__file__).parent / "pretrained" / "int8", cache_dir() / "int8") if cache else ():
         if (folder / name).is_file():
             return (folder / name).read_bytes()
-    from tqdm import tqdm
-
-    from .export import int8_model
-
-    patches = calibration_set(scale)
-    with tqdm(total=len(patches), desc=f"INT8 calibration x{scale} (once, cached)", unit="patch", file=sys.stderr,
+    with tqdm(total=INT8_PATCHES, desc=f"INT8 calibration x{scale} (once, cached)", unit="patch", file=sys.stderr,
               dynamic_ncols=True, disable=None if progress else True) as bar:
-        proto = int8_model(model, scale, patches, method=method, progress=bar.update, float_hr=INT8_FLOAT_HR,
-                           metadata={"calibration": f"lesrcnn {__version__} built-in set"})
-    data = proto.SerializeToString()
-    if not cache:
-        return data
-    try:
-        (cache_dir() / "int8").mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(cache_dir() / "int8" / name, data)
-    except OSError as e:  # a read-only home: still works, calibrates again next time
-        warnings.warn(f"cannot cache the INT8 model in {cache_dir()}: {e}", stacklevel=2)
+        data = int8_model(model, scale, progress=bar.update,
+                          metadata={"calibration": f"lesrcnn {__version__} built-in set"}).SerializeToString()
+    if cache:
+        try:
+            (cache_dir() / "int8").mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(cache_dir() / "int8" / name, data)
+        except OSError as e:  # a read-only home: still works, calibrates again next time
+            warnings.warn(f"cannot cache the INT8 model in {cache_dir()}: {e}", stacklevel=2)
     return data
 
-
-def calibration_set(scale: int, count: int = INT8_PATCHES, lr_patch: int = 48) -> list[np.ndarray]:
-    """LR calibration patches that need no data set: synthetic dead-leaves images downscaled like
-    the test data (see benchmarks/int8_psnr.py for the INT8 PSNR it gives on Set5/Set14)."""
-    from .export import synthetic_patches
-
-    return synthetic_patches(count, lr_patch, seed=scale, scale=scale)
-
-
-# --- choosing ----------------------------------------------------------------------------------
 
 def create(model: LESRCNN | None, backend: str = "auto", precision: str = "fp32",
            device: torch.device | str = "cpu", threads: int | None = None, scales: tuple[int, ...] = (),
            onnx_file: str | os.PathLike | None = None, progress: bool = True) -> Engine:
     """The engine for ``backend`` (``auto``: the first of :data:`AUTO_ORDER` that is installed and
     loads, with a warning for each one that fails); ``scales`` are built now."""
-    if backend not in BACKENDS:
-        raise LesrcnnError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if precision not in PRECISIONS:
-        raise LesrcnnError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    device = torch.device(device)
+    device = torch.device(device)  # backend and precision: checked by the callers (Upscaler, argparse)
     if precision == "int8" and device.type != "cpu":
         raise LesrcnnError("--precision int8 runs on the CPU (--device cpu)")
     if onnx_file is not None and backend == "torch":
         raise LesrcnnError("an .onnx file runs with --backend onnx or openvino")
     names = auto_order(precision, device) if backend == "auto" else (backend,)
-    if onnx_file is not None:
-        names = tuple(n for n in names if n != "torch")
+    names = tuple(n for n in names if onnx_file is None or n != "torch")
     errors = []
     for name in names:
         why = installed(name)

@@ -1,24 +1,22 @@
 """The ``lesrcnn`` command: one explicit registry of subcommands, each defined in its own module.
 
-Only the module of the command being run is imported, so ``lesrcnn --help`` is instant and lists
-every command whatever is installed, and a command whose optional extra is missing fails when it
-is used, with one line naming the extra. Every error is one line ``lesrcnn: error: ...`` on
-stderr and exit status 2; Ctrl-C and SIGTERM stop with 130/143 after removing temporary files.
+Only the command being run is imported: ``lesrcnn --help`` is instant and lists every command,
+and a missing optional extra fails when used, naming it. Every error is one line on stderr.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import signal
 import sys
 
 from . import __version__
-from .errors import LesrcnnError, one_line
+from .errors import LesrcnnError, first_line, one_line
 
-#: Every subcommand: name -> (module, summary for ``lesrcnn --help``). The module defines
-#: ``add_parser(sub) -> ArgumentParser`` (``add_<name>`` where one module holds two commands),
-#: which sets ``func``: a function of the parsed arguments returning the exit status.
+#: name -> (module, summary). The module's ``add_parser(sub)`` (``add_<name>`` where it holds two
+#: commands) sets ``func``: a function of the parsed arguments returning the exit status.
 COMMANDS: dict[str, tuple[str, str]] = {
     "upscale": ("lesrcnn.upscale_cli", "upscale images (files, folders, globs, stdin) x2/x3/x4"),
     "eval": ("lesrcnn.evaluate", "PSNR/SSIM on benchmark folders with the paper's protocol"),
@@ -33,11 +31,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: Third-party modules that an optional extra installs: import name -> extra.
 EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "openvino": "openvino",
           "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
-          "starlette": "serve", "av": "video", "ray": "ray", "spandrel": "spandrel", "torchvision": "spandrel"}
+          "starlette": "serve", "av": "video", "ray": "ray", "spandrel": "spandrel",
+          "torchvision": "spandrel"}
 
 
 def scale_arg(v: str) -> int:
-    """``--scale``: 2, 3 or 4."""
     try:
         s = int(v)
     except ValueError:
@@ -48,19 +46,18 @@ def scale_arg(v: str) -> int:
 
 
 def device_arg(v: str) -> str:
-    """``--device``/``-g``: auto, cpu, cuda, cuda:N, mps, or a GPU index N as the ncnn upscalers
-    take it (-1: the CPU)."""
+    """auto, cpu, cuda, cuda:N, mps, or a GPU index N as the ncnn upscalers take it (-1: the CPU)."""
     s = v.strip().lower()
     if s.lstrip("-").isdigit():
         return "cpu" if int(s) < 0 else f"cuda:{int(s)}"
     if s in ("auto", "cpu", "cuda", "mps") or (s.startswith("cuda:") and s[5:].isdigit()):
         return s
-    raise argparse.ArgumentTypeError(f"device must be auto, cpu, cuda, cuda:N, N (a GPU index) or mps, got {v!r}")
+    raise argparse.ArgumentTypeError(f"device must be auto, cpu, cuda, cuda:N, N (a GPU index) or mps, "
+                                     f"got {v!r}")
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is, so that it unwinds (and removes temporary files)
-    exactly as on Ctrl-C."""
+    """SIGTERM, raised where the program is, so that it unwinds (temporary files) as on Ctrl-C."""
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -86,25 +83,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _adder(name: str):
-    """The function that adds ``name``'s parser; imports only that command's module."""
     module = COMMANDS[name][0]
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
         if e.name != module:
             raise  # a dependency: main() names the extra that installs it
-        raise LesrcnnError(f"`lesrcnn {name}` is not part of this installation ({module} is missing)") from None
-    for attr in (f"add_{name}", "add_parser"):
-        if callable(getattr(mod, attr, None)):
-            return getattr(mod, attr)
-    raise LesrcnnError(f"`lesrcnn {name}`: {module} defines no add_parser")
+        raise LesrcnnError(f"`lesrcnn {name}` is not part of this installation ({module} is "
+                           f"missing)") from None
+    adder = getattr(mod, f"add_{name}", None) or getattr(mod, "add_parser", None)
+    if not callable(adder):
+        raise LesrcnnError(f"`lesrcnn {name}`: {module} defines no add_parser")
+    return adder
 
 
 def _command(argv: list[str]) -> str | None:
-    for tok in argv:
-        if tok == "--" or not tok.startswith("-"):
-            return tok if tok in COMMANDS else None
-    return None
+    tok = next((t for t in argv if t == "--" or not t.startswith("-")), None)
+    return tok if tok in COMMANDS else None
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -127,8 +122,7 @@ def _run(argv: list[str]) -> int:
     parser = build_parser(name)
     args, extra = parser.parse_known_args(argv)
     if extra:
-        target = args.commands.choices.get(name, parser)
-        target.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.commands.choices.get(name, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     status = int(args.func(args) or 0)
     sys.stdout.flush()  # a closed pipe shows here, not as a warning at exit
     return status
@@ -140,11 +134,9 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def _install_sigterm() -> None:
-    try:
+    with contextlib.suppress(ValueError):  # not the main thread (an embedding application): leave them
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:  # not the main thread (an embedding application): leave its signals alone
-        pass
 
 
 def _error(message: object) -> int:
@@ -152,26 +144,12 @@ def _error(message: object) -> int:
     return 2
 
 
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return (s.splitlines()[0] if s else type(e).__name__)[:300]
-
-
-def _missing_module(e: ModuleNotFoundError) -> str:
-    top = (e.name or "?").split(".")[0]
-    if top in EXTRAS:
-        return f"this needs an optional extra: pip install 'lesrcnn[{EXTRAS[top]}]' ({top} is not installed)"
-    return f"the Python module {e.name} is missing ({_first_line(e)}); reinstall lesrcnn"
-
-
 def _silence_stdout() -> None:
     """After a broken pipe: later writes (and the flush at exit) must not raise again."""
-    try:
+    with contextlib.suppress(OSError, ValueError):
         fd = os.open(os.devnull, os.O_WRONLY)
         os.dup2(fd, sys.stdout.fileno())
         os.close(fd)
-    except (OSError, ValueError):
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,32 +159,30 @@ def main(argv: list[str] | None = None) -> int:
         return _run(argv)
     except LesrcnnError as e:
         return _error(e)
-    except Terminated:
-        print("lesrcnn: terminated", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("lesrcnn: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): `with` blocks have removed temp files
+        print(f"lesrcnn: {'terminated' if isinstance(e, Terminated) else 'interrupted'}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except BrokenPipeError:
         _silence_stdout()
         if _command(argv) == "upscale":  # image bytes on stdout: a short write is lost data
             return _error("the output pipe was closed early; the output is incomplete")
         return 141  # text (`lesrcnn info | head`): the reader had enough, as with SIGPIPE in Unix tools
-    except MemoryError:
-        return _error("out of memory; use a smaller --tile")
     except ModuleNotFoundError as e:
-        return _error(_missing_module(e))
+        top = (e.name or "?").split(".")[0]
+        if top in EXTRAS:
+            return _error(f"this needs an optional extra: pip install 'lesrcnn[{EXTRAS[top]}]' ({top} is not "
+                          f"installed)")
+        return _error(f"the Python module {e.name} is missing ({first_line(e)}); reinstall lesrcnn")
     except OSError as e:
-        return _error(f"{e.strerror}: {e.filename}" if e.strerror and e.filename else _first_line(e))
-    except RuntimeError as e:
-        msg = _first_line(e)
-        low = msg.lower()
-        return _error("out of memory; use a smaller --tile" if "out of memory" in low or "can't allocate" in low
-                      else msg)
+        return _error(f"{e.strerror}: {e.filename}" if e.strerror and e.filename else first_line(e))
+    except (MemoryError, RuntimeError) as e:
+        low = first_line(e).lower()
+        oom = isinstance(e, MemoryError) or "out of memory" in low or "can't allocate" in low
+        return _error("out of memory; use a smaller --tile" if oom else first_line(e))
     except Exception as e:  # a bug: still one line (LESRCNN_DEBUG=1 shows the traceback)
         if os.environ.get("LESRCNN_DEBUG"):
             raise
-        return _error(f"unexpected {type(e).__name__}: {_first_line(e)} (please report; LESRCNN_DEBUG=1 "
+        return _error(f"unexpected {type(e).__name__}: {first_line(e)} (please report; LESRCNN_DEBUG=1 "
                       f"shows the traceback)")
 
 

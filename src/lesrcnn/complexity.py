@@ -1,15 +1,9 @@
-"""Parameters and multiply-accumulates of LESRCNN, per block, at a stated input size.
+"""Parameters and multiply-accumulates of LESRCNN per block, at a stated input size, counted
+from the convolutions the module runs (:func:`lesrcnn.model.conv_calls`) as released: the RB
+applies its upsampler to g and to h0 (``fused_macs``: after the exact one-pass rewrite).
 
-Counted from the network's modules (the shape of every convolution and the resolution it runs
-at), for the released computation: the RB applies its upsampler to g and to h0 separately
-(``fused_macs`` is what our fast paths compute after the exact RB rewrite). Conventions: one
-MAC = one multiply-add of a convolution; FLOPs = 2 x MACs; biases, ReLUs, residual additions
-and the two frozen mean-shift layers are not counted (they add < 0.01%), nor are the
-mean-shift layers' parameters, as in the spec's parameter counts.
-
-The paper's Tables 3 and 9 print 516K parameters and 3.08G FLOPs for LESRCNN without an input
-size; the released code has more parameters, and 3.08G matches no natural size (see the spec),
-so both are shown beside ours, never replaced by them.
+The paper's 516K parameters and 3.08G FLOPs (Tables 3 and 9) state no input size and do not
+match the released code (see the spec), so they are shown beside ours, never replaced by them.
 """
 from __future__ import annotations
 
@@ -31,11 +25,9 @@ VARIANT_LABEL = {"full": "LESRCNN", "ieeb+rb": "IEEB+RB", "ieeb": "IEEB", "hn": 
 
 
 def parse_size(size: str | int | tuple[int, int]) -> tuple[int, int]:
-    """'HxW', 'N' (square) or a tuple -> (H, W)."""
-    if isinstance(size, tuple):
-        h, w = size
-    elif isinstance(size, int):
-        h = w = size
+    """'HxW', 'N' (square), N or (H, W) -> (H, W)."""
+    if isinstance(size, (int, tuple)):
+        h, w = (size, size) if isinstance(size, int) else size
     else:
         m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*,]\s*(\d+))?\s*", str(size))
         if not m:
@@ -48,9 +40,9 @@ def parse_size(size: str | int | tuple[int, int]) -> tuple[int, int]:
 
 
 def count(model: LESRCNN, scale: int, height: int, width: int, fused: bool = False) -> dict:
-    """Per-block parameters/MACs of ``model`` at ``scale`` for an LR input of height x width,
-    from the convolutions the module runs (:func:`lesrcnn.model.conv_calls`: shapes on a meta
-    tensor, no arithmetic). ``fused``: after :func:`lesrcnn.model.fuse_rb` (one RB pass)."""
+    """Per-block parameters/MACs of ``model`` at ``scale`` for an LR input of height x width.
+    One MAC is one multiply-add of a convolution; biases, ReLUs, additions and the frozen mean
+    shift are not counted (< 0.01%). ``fused``: after :func:`lesrcnn.model.fuse_rb`."""
     if scale not in model.scales:
         raise LesrcnnError(f"the model serves x{'/x'.join(map(str, model.scales))}, not x{scale}")
     net = fuse_rb(model) if fused else model
@@ -71,38 +63,25 @@ def count(model: LESRCNN, scale: int, height: int, width: int, fused: bool = Fal
     for b in blocks.values():
         b["flops"] = 2 * b["macs"]
         b["share"] = b["macs"] / total_m if total_m else 0.0
-    return {
-        "scale": scale,
-        "variant": model.variant,
-        "input": [height, width],
-        "output": [height * scale, width * scale],
-        "parameters": sum(b["parameters"] for b in blocks.values()),
-        "macs": total_m,
-        "flops": 2 * total_m,
-        "macs_per_lr_pixel": total_m / lr,
-        "blocks": list(blocks.values()),
-    }
+    params = sum(b["parameters"] for b in blocks.values())
+    return {"scale": scale, "variant": model.variant, "input": [height, width],
+            "output": [height * scale, width * scale], "parameters": params, "macs": total_m,
+            "flops": 2 * total_m, "macs_per_lr_pixel": total_m / lr, "blocks": list(blocks.values())}
 
 
 def macs(scale: int, height: int, width: int, variant: str = "full", fused: bool = False) -> int:
     """MACs of the released network (``fused=False``) at an LR input of height x width."""
-    return _per_lr_pixel(scale, variant, fused) * height * width
+    return count(_skeleton(scale, variant), scale, 1, 1, fused)["macs"] * height * width
 
 
 @lru_cache(maxsize=None)
-def _per_lr_pixel(scale: int, variant: str, fused: bool) -> int:
-    return count(_skeleton(scale, variant), scale, 1, 1, fused)["macs"]
-
-
-@lru_cache(maxsize=None)
-def _skeleton(scale: int | tuple[int, ...], variant: str) -> LESRCNN:
+def _skeleton(scale: int, variant: str) -> LESRCNN:
     return build(scale, variant)
 
 
 def complexity_report(checkpoint, size: str | int | tuple[int, int] = "256x256") -> dict:
-    """What ``lesrcnn info --flops`` prints: for every scale of the checkpoint, parameters and
-    MACs/FLOPs per block at the LR input ``size``, for the checkpoint's network and for every
-    ablation variant of the paper at the same scale and size, and the paper's printed figures."""
+    """``lesrcnn info --flops``: per scale of the checkpoint, parameters and MACs per block at the LR
+    input ``size``, for its network and every ablation variant, beside the paper's figures."""
     h, w = parse_size(size)
     model = checkpoint.model if hasattr(checkpoint, "model") else checkpoint
     scales = []
@@ -110,24 +89,18 @@ def complexity_report(checkpoint, size: str | int | tuple[int, int] = "256x256")
         c = count(model, s, h, w)
         c["parameters_shared_model"] = sum(p.numel() for p in model.parameters())
         c["fused_macs"] = count(model, s, h, w, fused=True)["macs"]
-        c["variants"] = []
-        for name in VARIANTS:
-            vc = count(_skeleton(s, name), s, h, w)
-            c["variants"].append({"variant": name, "label": VARIANT_LABEL[name], "parameters": vc["parameters"],
-                                  "macs": vc["macs"], "flops": vc["flops"],
-                                  "blocks": {b["block"]: b["macs"] for b in vc["blocks"]},
-                                  "paper": PAPER.get(name)})
+        variants = {name: count(_skeleton(s, name), s, h, w) for name in VARIANTS}
+        c["variants"] = [{"variant": name, "label": VARIANT_LABEL[name], "parameters": vc["parameters"],
+                          "macs": vc["macs"], "flops": vc["flops"],
+                          "blocks": {b["block"]: b["macs"] for b in vc["blocks"]}, "paper": PAPER.get(name)}
+                         for name, vc in variants.items()]
         per_px = c["macs_per_lr_pixel"]
         c["paper_3.08G_equivalent"] = {
             "if_macs_lr_pixels": round(3.08e9 / per_px), "if_flops_lr_pixels": round(3.08e9 / 2 / per_px)}
         scales.append(c)
-    return {
-        "input": [h, w],
-        "convention": "1 MAC = one conv multiply-add; FLOPs = 2 x MACs; mean shift, biases, ReLU and additions "
-                      "not counted; RB counted as released (upsampler applied to g and h0)",
-        "scales": scales,
-        "paper": PAPER,
-    }
+    convention = ("1 MAC = one conv multiply-add; FLOPs = 2 x MACs; mean shift, biases, ReLU and additions "
+                  "not counted; RB counted as released (upsampler applied to g and h0)")
+    return {"input": [h, w], "convention": convention, "scales": scales, "paper": PAPER}
 
 
 def _g(x: float) -> str:
@@ -151,16 +124,16 @@ def format_complexity(d: dict) -> str:
         for b in c["blocks"]:
             lines.append(f"  {b['block']:<6} {b['layers']:>6} {b['parameters']:>10,} {_g(b['macs']):>10} "
                          f"{_g(b['flops']):>10} {b['share']:>6.1%}")
-        lines.append(f"  ablation variants at x{s}, same input (paper: Tables 1-3 at x4, Table 9; printed without "
-                     "an input size):")
+        lines.append(f"  ablation variants at x{s}, same input (paper: Tables 1-3 at x4, Table 9; printed "
+                     "without an input size):")
         lines.append(f"  {'network':<9} {'params':>9} {'IEEB':>9} {'RB':>9} {'IRB':>9} {'FLOPs':>10}   paper")
         for v in c["variants"]:
             p = v["paper"]
             paper = f"{p['parameters']} / {p['flops']} FLOPs (Table {p['table']})" if p else "-"
             b = v["blocks"]
-            lines.append(f"  {v['label']:<9} {v['parameters']:>9,} {_g(2 * b['IEEB']):>9} {_g(2 * b['RB']):>9} "
-                         f"{_g(2 * b['IRB']):>9} {_g(v['flops']):>10}   {paper}")
+            lines.append(f"  {v['label']:<9} {v['parameters']:>9,} {_g(2 * b['IEEB']):>9} "
+                         f"{_g(2 * b['RB']):>9} {_g(2 * b['IRB']):>9} {_g(v['flops']):>10}   {paper}")
         e = c["paper_3.08G_equivalent"]
-        lines.append(f"  the paper's '3.08G' would be {e['if_macs_lr_pixels']:,} LR pixels at x{s} if it counted "
-                     f"MACs, {e['if_flops_lr_pixels']:,} if FLOPs: no natural input size")
+        lines.append(f"  the paper's '3.08G' would be {e['if_macs_lr_pixels']:,} LR pixels at x{s} if it "
+                     f"counted MACs, {e['if_flops_lr_pixels']:,} if FLOPs: no natural input size")
     return "\n".join(lines)

@@ -13,3 +13,9 @@ def one_line(text: object) -> str:
     if s.isprintable():
         return s
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (a library's may be an essay), or its type's name."""
+    s = str(e).strip()
+    return (s.splitlines()[0] if s else type(e).__name__)[:300]

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import math
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import resources
+from io import StringIO
 from pathlib import Path
 from typing import Iterable
 
@@ -40,44 +39,30 @@ class Result:
     paper_psnr: float | None = None
     paper_ssim: float | None = None
 
-    @property
-    def delta_psnr(self) -> float | None:
-        return None if self.paper_psnr is None else self.psnr - self.paper_psnr
-
     def as_dict(self) -> dict:
-        d = asdict(self)
-        if self.paper_psnr is not None:
-            d["delta_psnr"] = round(self.psnr - self.paper_psnr, 4)
-            d["delta_ssim"] = round(self.ssim - (self.paper_ssim or 0), 5)
-        return {k: v for k, v in d.items() if v is not None}
-
-
-def paper_table() -> dict[tuple[str, str, int], tuple[float, float]]:
-    """(dataset, method, scale) -> (psnr, ssim) from the paper's Tables 4-7."""
-    text = (resources.files("lesrcnn") / "paper_results.csv").read_text()
-    rows = [r for r in text.splitlines() if r and not r.startswith("#")]
-    out = {}
-    for r in csv.DictReader(io.StringIO("\n".join(rows))):
-        for s in (2, 3, 4):
-            p, q = r.get(f"x{s}_psnr"), r.get(f"x{s}_ssim")
-            if p and q:
-                out[(r["dataset"].lower(), r["method"], s)] = (float(p), float(q))
-    return out
-
-
-def _canonical(name: str) -> str:
-    n = name.lower()
-    return {"bsd100": "b100", "bsds100": "b100", "urban": "urban100"}.get(n, n)
+        d = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.paper_psnr is not None and self.paper_ssim is not None:
+            d |= {"delta_psnr": round(self.psnr - self.paper_psnr, 4),
+                  "delta_ssim": round(self.ssim - self.paper_ssim, 5)}
+        return d
 
 
 def paper_numbers(dataset: str, method: str, scale: int) -> tuple[float, float] | tuple[None, None]:
-    return paper_table().get((_canonical(dataset), method, scale), (None, None))
+    """(PSNR, SSIM) of ``method`` on ``dataset`` at ``scale`` in the paper's Tables 4-7, if there."""
+    name = {"bsd100": "b100", "bsds100": "b100", "urban": "urban100"}.get(dataset.lower(), dataset.lower())
+    text = (resources.files("lesrcnn") / "paper_results.csv").read_text()
+    for r in csv.DictReader(line for line in text.splitlines() if line and not line.startswith("#")):
+        p, q = r.get(f"x{scale}_psnr"), r.get(f"x{scale}_ssim")
+        if r["dataset"].lower() == name and r["method"] == method and p and q:
+            return float(p), float(q)
+    return None, None
 
 
 def super_resolve(model: LESRCNN, lr: np.ndarray, scale: int, tile: int = EVAL_TILE) -> torch.Tensor:
     """uint8 HxWx3 LR -> float CHW SR in [0, 1]-ish (unclamped), on CPU."""
     p = next(model.parameters())
-    x = torch.from_numpy(lr if lr.flags.writeable else lr.copy()).to(p.device).permute(2, 0, 1)[None].to(p.dtype).div_(255.0)
+    x = torch.from_numpy(lr if lr.flags.writeable else lr.copy()).to(p.device).permute(2, 0, 1)[None]
+    x = x.to(p.dtype).div_(255.0)
     y = forward_tiled(model, x, scale, tile=tile)
     return y[0].float().cpu()
 
@@ -94,79 +79,52 @@ def bicubic(lr: np.ndarray, scale: int, quantize: Quantize = "round") -> np.ndar
 SSIM_WINDOW = 11
 
 
-def _check_size(name: str, hr: np.ndarray, scale: int) -> None:
-    need = SSIM_WINDOW + 2 * scale
-    if min(hr.shape[:2]) < need:
-        raise LesrcnnError(f"{name}: {hr.shape[1]}x{hr.shape[0]} is too small to score at x{scale} "
-                           f"(PSNR/SSIM need at least {need}x{need} HR pixels)")
-
-
-def evaluate(
-    model: LESRCNN | None,
-    dataset: Dataset,
-    scale: int,
-    quantize: Quantize | None = None,
-    progress: Iterable | None = None,
-    method: str = "LESRCNN",
-) -> Result:
-    """Mean PSNR/SSIM over a dataset. ``model=None`` evaluates the bicubic baseline.
-    ``quantize`` None: "truncate" for a network (the released code), "round" for bicubic (MATLAB).
-
-    Decoding and metric computation run in a worker thread while the network computes.
-    """
+def evaluate(model: LESRCNN | None, dataset: Dataset, scale: int, quantize: Quantize | None = None,
+             progress: Iterable | None = None, method: str = "LESRCNN") -> Result:
+    """Mean PSNR/SSIM over a dataset; ``model=None`` evaluates the bicubic baseline. ``quantize``
+    None: "truncate" for a network (the released code), "round" for bicubic (MATLAB). A worker
+    thread decodes the next images and scores the last while the network computes."""
     quantize = quantize or ("round" if model is None else "truncate")
-    psnrs: list[float] = []
-    ssims: list[float] = []
-    lock = threading.Lock()
-
-    def score(sr: np.ndarray, hr: np.ndarray) -> None:
-        p, s = psnr_y(sr, hr, scale), ssim_y(sr, hr, scale)
-        with lock:
-            psnrs.append(p)
-            ssims.append(s)
-
+    pairs, scores = dataset.pairs, []
     with ThreadPoolExecutor(max_workers=1) as pool:
-        loads = [pool.submit(load_pair, pair, scale) for pair in dataset.pairs[:2]]
-        futures = []
-        for i, pair in enumerate(dataset.pairs):
+        loads = [pool.submit(load_pair, pair, scale) for pair in pairs[:2]]
+        for i, pair in enumerate(pairs):
             hr, lr = loads[i].result()
-            _check_size(str(pair.hr), hr, scale)
-            if i + 2 < len(dataset.pairs):
-                loads.append(pool.submit(load_pair, dataset.pairs[i + 2], scale))
+            need = SSIM_WINDOW + 2 * scale
+            if min(hr.shape[:2]) < need:
+                raise LesrcnnError(f"{pair.hr}: {hr.shape[1]}x{hr.shape[0]} is too small to score at "
+                                   f"x{scale} (PSNR/SSIM need at least {need}x{need} HR pixels)")
+            if i + 2 < len(pairs):
+                loads.append(pool.submit(load_pair, pairs[i + 2], scale))
             if model is None:
                 sr = bicubic(lr, scale, quantize)
             else:
                 sr = to_uint8(super_resolve(model, lr, scale).permute(1, 2, 0), quantize)
-            futures.append(pool.submit(score, sr, hr))
+            scores.append((pool.submit(psnr_y, sr, hr, scale), pool.submit(ssim_y, sr, hr, scale)))
             if progress is not None:
                 progress.update(1)  # type: ignore[attr-defined]
-        for f in futures:
-            f.result()
+        psnr, ssim = (float(np.mean([f[k].result() for f in scores])) for k in (0, 1))
     method = "Bicubic" if model is None else method
-    pp, ps = paper_numbers(dataset.name, method, scale)
-    return Result(dataset.name, scale, len(psnrs), float(np.mean(psnrs)), float(np.mean(ssims)),
-                  quantize, method, pp, ps)
+    paper = paper_numbers(dataset.name, method, scale)
+    return Result(dataset.name, scale, len(scores), psnr, ssim, quantize, method, *paper)
 
 
 def format_results(results: list[Result], fmt: str) -> str:
     if fmt == "json":
         return json.dumps([r.as_dict() for r in results], indent=2)
     if fmt == "csv":
-        buf = io.StringIO()
-        cols = ["dataset", "scale", "method", "images", "psnr", "ssim", "quantize", "paper_psnr", "paper_ssim",
-                "delta_psnr"]
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(cols)
+        buf = StringIO()
+        cols = "dataset scale method images psnr ssim quantize paper_psnr paper_ssim delta_psnr".split()
+        w = csv.DictWriter(buf, cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
         for r in results:
-            d = r.as_dict()
-            w.writerow([("" if d.get(c) is None else (f"{d[c]:.4f}" if isinstance(d[c], float) else d[c]))
-                        for c in cols])
+            w.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in r.as_dict().items()})
         return buf.getvalue().rstrip("\n")
     lines = [f"{'dataset':<10} {'scale':>5} {'method':<10} {'images':>6} {'PSNR':>8} {'SSIM':>7} "
              f"{'paper':>15} {'dPSNR':>7}  quantize"]
     for r in results:
         paper = f"{r.paper_psnr:.2f}/{r.paper_ssim:.4f}" if r.paper_psnr is not None else "-"
-        delta = f"{r.delta_psnr:+.3f}" if r.delta_psnr is not None and math.isfinite(r.delta_psnr) else "-"
+        delta = f"{r.psnr - r.paper_psnr:+.3f}" if paper != "-" and math.isfinite(r.psnr) else "-"
         lines.append(f"{r.dataset:<10} {'x' + str(r.scale):>5} {r.method:<10} {r.images:>6} {r.psnr:>8.3f} "
                      f"{r.ssim:>7.4f} {paper:>15} {delta:>7}  {r.quantize}")
     return "\n".join(lines)
@@ -179,18 +137,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="PSNR/SSIM on benchmark folders with the paper's protocol",
                        description="PSNR/SSIM on the Y channel (border = scale), as the paper and its code "
-                                   "compute them, beside the paper's numbers when the set is one of its tables.")
+                                   "compute them, beside the paper's numbers when the set is one of its "
+                                   "tables.")
     p.add_argument("--weights", help="checkpoint (ours or an official .pth); default: the embedded weights")
     p.add_argument("--data", action="append", required=True,
-                   help="benchmark folder (repeatable): image_SRF_s pairs, HR/ + LR_bicubic/Xs/, or HR images")
-    p.add_argument("--scale", "-s", type=scale_arg, action="append", help="2, 3 or 4 (repeatable); default: 2")
+                   help="benchmark folder (repeatable): image_SRF_s pairs, HR/ + LR_bicubic/Xs/, or HR "
+                        "images")
+    p.add_argument("--scale", "-s", type=scale_arg, action="append",
+                   help="2, 3 or 4 (repeatable); default: 2")
     p.add_argument("--quantize", choices=["truncate", "round"],
                    help="float -> 8-bit; default: truncate for a network (the released code's, the paper's "
                         "numbers), round for --bicubic (MATLAB's)")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="how results are printed")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="how results are printed")
     p.add_argument("--output", "-o", help="also write the results to this file (refused if it exists)")
     p.add_argument("--overwrite", action="store_true", help="allow --output to replace an existing file")
-    p.add_argument("--bicubic", action="store_true", help="evaluate the bicubic baseline instead of a network")
+    p.add_argument("--bicubic", action="store_true",
+                   help="evaluate the bicubic baseline instead of a network")
     p.add_argument("--device", "-g", type=device_arg, default="cpu",
                    help="cpu, cuda, cuda:N (or just N), mps or auto")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"],
@@ -198,7 +161,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
                    help="int8: CPU, OpenVINO or ONNX Runtime (quantised once per weights, cached); "
                         "fp16/bf16: CUDA")
-    p.add_argument("-j", "--threads", type=int, help="CPU threads of the onnx/openvino runtimes (default: torch's)")
+    p.add_argument("-j", "--threads", type=int,
+                   help="CPU threads of the onnx/openvino runtimes (default: torch's)")
     p.set_defaults(func=run)
     return p
 

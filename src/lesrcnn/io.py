@@ -1,14 +1,6 @@
-"""Files: atomic writes, and images as users have them.
-
-Atomic writes go to ``.NAME.lesrcnn-tmp-XXXXXXXX`` beside the target, then are renamed onto it (or
-hard-linked, which never replaces, when overwriting is not allowed): nothing is ever half-written.
-
-Images are read into a :class:`Picture` (colour planes, alpha apart, ICC/DPI/EXIF to carry over).
-Pillow identifies every file, checks the pixel count from the header (decompression bombs) and
-decodes 8-bit images; 16-bit colour or alpha, which Pillow cuts to 8 bits, is decoded by OpenCV
-(PNG) or tifffile (TIFF), and written by them; Pillow writes 8-bit files. Metadata a format cannot
-hold (a 5 MiB ICC profile in a PNG, a DPI beyond its field) is dropped with a warning.
-"""
+"""Files: atomic writes, and images as users have them. Pillow identifies every file, checks its
+pixel count from the header and decodes 8-bit images; 16-bit colour or alpha, which Pillow cuts to
+8 bits, goes through OpenCV (PNG) and tifffile (TIFF)."""
 from __future__ import annotations
 
 import contextlib
@@ -29,24 +21,12 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from .errors import LesrcnnError
+from .errors import LesrcnnError, first_line
 
-# --- atomic writes -------------------------------------------------------------------------------
+# --- atomic writes: to ``.NAME.lesrcnn-tmp-XXXXXXXX`` beside the target, then renamed onto it ----
 
 TEMP_MARK = ".lesrcnn-tmp-"
 _TEMP_NAME = re.compile(r"\..*\.lesrcnn-tmp-[0-9a-f]{8}", re.DOTALL)
-
-
-def _create_temp(path: Path) -> tuple[BinaryIO, str]:
-    """Created exclusively with mode 0o666 like any file, so the kernel applies the umask (no
-    process-wide umask probing); locked, so clean_stale_temps leaves it alone while we live."""
-    for _ in range(100):
-        tmp = str(path.parent / f".{path.name[:200]}{TEMP_MARK}{secrets.token_hex(4)}")
-        with contextlib.suppress(FileExistsError):
-            f = open(tmp, "xb")  # noqa: SIM115 - closed by atomic_output
-            _try_lock(f.fileno())
-            return f, tmp
-    raise FileExistsError(errno.EEXIST, "cannot create a temporary file", str(path))
 
 
 def _try_lock(fd: int) -> bool:
@@ -55,43 +35,36 @@ def _try_lock(fd: int) -> bool:
         import fcntl
 
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except (ImportError, OSError):  # no flock here (Windows, some file systems)
-        pass
+    except (ImportError, OSError) as e:  # other than BlockingIOError: no flock here (Windows...)
+        return not isinstance(e, BlockingIOError)
     return True
-
-
-def _publish(tmp: str, path: Path, overwrite: bool) -> None:
-    if overwrite:
-        return os.replace(tmp, path)
-    try:  # a hard link is atomic and never replaces: of two writers of one name, one wins
-        os.link(tmp, path)
-        return os.unlink(tmp)
-    except FileExistsError:
-        pass
-    except OSError:  # no hard links on this file system (FAT, some shares): check, then rename
-        if not os.path.lexists(path):
-            return os.rename(tmp, path)
-    raise FileExistsError(errno.EEXIST, "already exists (pass --overwrite to replace it)", str(path))
 
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[BinaryIO]:
-    """A binary file that becomes ``path`` when the block ends without an exception.
-
-    On any exception (SIGTERM's included: BaseException) the temp file is removed and ``path``
-    is untouched. ``overwrite=False``: FileExistsError if ``path`` exists when the block ends.
-    OS errors name ``path``, never the hidden temp file.
-    """
+    """A binary file that becomes ``path`` when the block ends without an exception; on any
+    exception (SIGTERM's included) it is removed and ``path`` is untouched. ``overwrite=False``:
+    FileExistsError if ``path`` exists by then. The temp file is created like any file (0o666 less
+    the umask) and locked, so clean_stale_temps leaves it alone; OS errors name ``path``."""
     path, tmp = Path(path), ""
     try:
-        f, tmp = _create_temp(path)
-        with f:
+        name = str(path.parent / f".{path.name[:200]}{TEMP_MARK}{secrets.token_hex(4)}")
+        with open(name, "xb") as f:
+            tmp = name
+            _try_lock(f.fileno())
             yield f
             f.flush()
             os.fsync(f.fileno())
-        _publish(tmp, path, overwrite)
+        if overwrite:
+            os.replace(tmp, path)
+        else:  # a hard link is atomic and never replaces: of two writers of one name, one wins
+            try:
+                os.link(tmp, path)
+            except OSError as e:  # FileExistsError, or no hard links here (FAT, some shares): check, rename
+                if isinstance(e, FileExistsError) or os.path.lexists(path):
+                    raise FileExistsError(errno.EEXIST, "already exists (pass --overwrite to replace it)",
+                                          str(path)) from None
+                os.rename(tmp, path)
     except OSError as e:
         if e.errno is None or (e.filename is not None and TEMP_MARK not in str(e.filename)):
             raise
@@ -113,8 +86,8 @@ def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True
 
 
 def clean_stale_temps(folder: str | os.PathLike, older_than_s: float = 600.0) -> int:
-    """Remove temp files a killed run (kill -9, power loss) left in ``folder``: only our names, only
-    files older than ``older_than_s`` that no live writer holds locked. Returns how many went."""
+    """Remove the temp files a killed run (kill -9, power loss) left in ``folder``: only our names,
+    older than ``older_than_s``, that no live writer holds locked. Returns how many went."""
     removed, cutoff = 0, time.time() - older_than_s
     with contextlib.suppress(OSError), os.scandir(folder) as entries:
         for e in [e for e in entries if _TEMP_NAME.fullmatch(e.name) and e.is_file(follow_symlinks=False)]:
@@ -127,27 +100,23 @@ def clean_stale_temps(folder: str | os.PathLike, older_than_s: float = 600.0) ->
 
 # --- images --------------------------------------------------------------------------------------
 
-#: Input pixels (width x height) above which a file is refused unless the caller raises the limit.
-DEFAULT_MAX_PIXELS = 100_000_000
-
+DEFAULT_MAX_PIXELS = 100_000_000  # input pixels above which a file is refused (decompression bombs)
 #: Extensions picked up when a folder is searched for images (the one list: upscale, eval, train).
 READ_EXTS = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".tif", ".tiff", ".webp",
                        ".ppm", ".pgm", ".pnm"})
-
-#: Output formats and their extensions.
-FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF", "bmp": "BMP"}
+FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "tif": "TIFF", "tiff": "TIFF",
+           "bmp": "BMP"}
 EXTENSION = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
-#: Formats that hold 16 bits per sample / an alpha channel.
-DEEP_FORMATS = frozenset({"PNG", "TIFF"})
+DEEP_FORMATS = frozenset({"PNG", "TIFF"})  # 16 bits per sample
 ALPHA_FORMATS = frozenset({"PNG", "TIFF", "WEBP"})
 _MAX_SIDE = {"JPEG": 65_500, "WEBP": 16_383, "PNG": 2**31 - 1, "TIFF": 2**32 - 1, "BMP": 2**31 - 1}
-
+_METADATA = {"icc_profile": ("PNG", "JPEG", "WEBP", "TIFF"), "dpi": ("PNG", "JPEG", "TIFF", "BMP"),
+             "exif": ("PNG", "JPEG", "WEBP")}  # what we hand Pillow's 8-bit writers
 _BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 class ImageWarning(UserWarning):
-    """Something about an image or its processing was changed on the way (CMYK converted, alpha
-    flattened, fp16 requested on a CPU...): the result is written, but the user should know."""
+    """An image was changed on the way (CMYK converted, alpha flattened...): written, but say so."""
 
 
 def warn(message: str) -> None:
@@ -156,11 +125,8 @@ def warn(message: str) -> None:
 
 @dataclass
 class Picture:
-    """An image ready for the network, and what must travel with it to the output file.
-
-    ``color`` is HxWx1 (gray) or HxWx3 (RGB), uint8 or uint16 (or float32 in [0, 1] for
-    in-memory images); ``alpha`` is HxW of the same dtype, or None.
-    """
+    """An image ready for the network, and what must travel with it to the output file: ``color``
+    HxWx1 or HxWx3, uint8 or uint16 (float32 in [0, 1] in memory); ``alpha`` HxW or None."""
 
     color: np.ndarray
     alpha: np.ndarray | None = None
@@ -202,11 +168,9 @@ def format_for_path(path: str | os.PathLike) -> str | None:
 
 
 def normalize_format(name: str) -> str:
-    """``png``/``jpg``/``jpeg``/``webp``/``tif``/``tiff``/``bmp`` (any case) -> Pillow's format name."""
-    fmt = FORMATS.get(name.lower().lstrip("."))
-    if fmt is None:
+    if name.lower().lstrip(".") not in FORMATS:
         raise LesrcnnError(f"unknown image format {name!r}: choose png, jpg, webp, tiff or bmp")
-    return fmt
+    return FORMATS[name.lower().lstrip(".")]
 
 
 def writable_format(fmt: str | None) -> str:
@@ -216,7 +180,7 @@ def writable_format(fmt: str | None) -> str:
 
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:
-    """HxWx3 float -> HxWx1 float with the BT.601 luma weights (0.299, 0.587, 0.114)."""
+    """HxWx3 -> HxWx1 float32 with the BT.601 luma weights."""
     return (rgb.astype(np.float32, copy=False) @ _BT601)[..., None]
 
 
@@ -225,15 +189,15 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
-def _open_image(src):
-    """Image.open with Pillow's own bomb check off (we check the header ourselves, with our limit)."""
+def _open_image(f: BinaryIO):
+    """Image.open with Pillow's bomb check off: read_picture checks the header with its own limit."""
     from PIL import Image
 
     with _PIL_LIMIT_LOCK:
         old = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
         try:
-            return Image.open(src)
+            return Image.open(f)
         finally:
             Image.MAX_IMAGE_PIXELS = old
 
@@ -245,21 +209,17 @@ def _cv2():
     return cv2
 
 
-def _critical_chunks(data: bytes) -> bytes:
-    """The PNG with only IHDR, IDAT and IEND: metadata comes from Pillow, and libpng would print
-    warnings about odd ancillary chunks (a bad ICC profile...) on stderr."""
-    view, out, pos = memoryview(data), [data[:8]], 8
+def _png16_planes(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+    """Only IHDR, IDAT and IEND go to libpng, which prints warnings about odd ancillary chunks (a bad
+    ICC profile...) on stderr; Pillow has read the metadata."""
+    view, kept, pos = memoryview(data), [data[:8]], 8
     while pos + 8 <= len(data):
         n, kind = struct.unpack(">I4s", view[pos:pos + 8])
         if kind in (b"IHDR", b"IDAT", b"IEND"):
-            out.append(view[pos:pos + 12 + n])
+            kept.append(view[pos:pos + 12 + n])
         pos += 12 + n
-    return b"".join(out)
-
-
-def _png16_planes(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
     cv2 = _cv2()
-    a = cv2.imdecode(np.frombuffer(_critical_chunks(data), np.uint8), cv2.IMREAD_UNCHANGED)  # BGR(A), LA as BGRA
+    a = cv2.imdecode(np.frombuffer(b"".join(kept), np.uint8), cv2.IMREAD_UNCHANGED)  # BGR(A); LA as BGRA
     if a is None or a.dtype != np.uint16 or a.ndim != 3:
         raise LesrcnnError("OpenCV could not decode this 16-bit PNG")
     if a.shape[2] == 3:
@@ -294,62 +254,55 @@ def _tiff16_planes(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
         return color, alpha
 
 
-def _cmyk_to_rgb(im, icc: bytes | None, source: str):
+def _to_rgb(im, icc: bytes | None, source: str):
+    """CMYK through its ICC profile where it has a usable one; YCbCr, LAB, HSV and other CMYK plainly."""
     from PIL import features
 
-    if icc and features.check("littlecms2"):
-        try:
-            from PIL import ImageCms
+    if im.mode == "CMYK" and icc and features.check("littlecms2"):
+        from PIL import ImageCms
 
+        with contextlib.suppress(ImageCms.PyCMSError, OSError, ValueError):
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
             out = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
             warn(f"{source}: CMYK image converted to sRGB through its ICC profile")
             return out
-        except (ImageCms.PyCMSError, OSError, ValueError):
-            pass
-    warn(f"{source}: CMYK image converted to RGB (no usable ICC profile: colours are approximate)")
+    why = " (no usable ICC profile: colours are approximate)" if im.mode == "CMYK" else ""
+    warn(f"{source}: {im.mode} image converted to RGB{why}")
     return im.convert("RGB")
 
 
-_EXPAND = {"1": "L", "La": "LA", "RGBa": "RGBA", "RGBX": "RGB"}
+_EXPAND = {"1": "L", "La": "LA", "RGBa": "RGBA", "RGBX": "RGB", "PA": "RGBA"}
 
 
-def _standard_planes(im, source: str, icc: bytes | None) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
+def _standard_planes(im, name: str, icc: bytes | None) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
     """Decoded PIL image -> (color HxWxC, alpha or None, the ICC profile still valid for them)."""
     m = im.mode
-    if m in ("P", "PA"):
-        im = im.convert("RGBA" if (m == "PA" or "transparency" in im.info) else "RGB")
-    elif m in _EXPAND:
-        im = im.convert(_EXPAND[m])
-    elif m == "CMYK":
-        im, icc = _cmyk_to_rgb(im, icc, source), None
-    elif m in ("YCbCr", "LAB", "HSV"):
-        warn(f"{source}: {m} image converted to RGB")
-        im, icc = im.convert("RGB"), None
-    elif m.startswith("I;16") or m == "I":
+    if m == "F":
+        raise LesrcnnError(f"{name}: 32-bit float images are not supported; convert to 16-bit PNG or TIFF")
+    if m.startswith("I"):  # I;16, I;16B..., I (32-bit)
         a = np.asarray(im)
         if a.size and (a.min() < 0 or a.max() > 65535):
-            raise LesrcnnError(f"{source}: 32-bit integer image with values outside 0..65535 is not supported")
+            raise LesrcnnError(f"{name}: 32-bit integer image with values outside 0..65535 is not "
+                               f"supported")
         return a.astype(np.uint16)[..., None], None, icc
-    elif m == "F":
-        raise LesrcnnError(f"{source}: 32-bit float images are not supported; convert to 16-bit PNG or TIFF")
-    a, m = np.asarray(im), im.mode
-    if m == "L":
-        return a[..., None], None, icc
-    if m == "LA":
-        return a[..., :1], a[..., 1], icc
-    if m == "RGB":
-        return a, None, icc
-    if m == "RGBA":
-        return a[..., :3], a[..., 3], icc
-    raise LesrcnnError(f"{source}: unsupported image mode {m}")
+    if m in ("CMYK", "YCbCr", "LAB", "HSV"):
+        im, icc = _to_rgb(im, icc, name), None
+    elif m not in ("L", "LA", "RGB", "RGBA"):  # 1, La, RGBa, RGBX, P, PA
+        im = im.convert(_EXPAND.get(m, "RGBA" if "transparency" in im.info else "RGB"))
+    a = np.asarray(im).reshape(im.height, im.width, -1)
+    n = 3 if im.mode.startswith("RGB") else 1
+    return a[..., :n], (a[..., n] if a.shape[2] > n else None), icc
+
+
+#: EXIF orientation -> (transpose, flip rows, flip columns), as Pillow's ``exif_transpose`` applies it.
+_ORIENT = {2: (0, 0, 1), 3: (0, 1, 1), 4: (0, 1, 0), 5: (1, 0, 0), 6: (1, 0, 1), 7: (1, 1, 1), 8: (1, 1, 0)}
 
 
 def orient(a: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation (1..8) to an HxW[xC] array, as Pillow's ``exif_transpose`` does."""
-    ops = {2: lambda x: x[:, ::-1], 3: lambda x: x[::-1, ::-1], 4: lambda x: x[::-1], 5: lambda x: x.swapaxes(0, 1),
-           6: lambda x: np.rot90(x, -1), 7: lambda x: np.rot90(x, 2).swapaxes(0, 1), 8: lambda x: np.rot90(x, 1)}
-    return np.ascontiguousarray(ops.get(orientation, lambda x: x)(a))
+    """Apply an EXIF orientation (1..8) to an HxW[xC] array."""
+    transpose, rows, cols = _ORIENT.get(orientation, (0, 0, 0))
+    a = a.swapaxes(0, 1) if transpose else a
+    return np.ascontiguousarray(a[::-1 if rows else 1, ::-1 if cols else 1])
 
 
 def _clean_dpi(dpi) -> tuple[float, float] | None:
@@ -361,7 +314,7 @@ def _clean_dpi(dpi) -> tuple[float, float] | None:
 
 
 def _picture(im, color, alpha, icc, source: str, decoded: bool = True) -> Picture:
-    """The planes with the file's EXIF orientation applied, and the metadata to carry over."""
+    """The planes turned by the file's EXIF orientation, and the metadata to carry over."""
     from PIL import Image
 
     orientation, exif = 1, None
@@ -376,28 +329,26 @@ def _picture(im, color, alpha, icc, source: str, decoded: bool = True) -> Pictur
     except Exception:  # noqa: BLE001 - broken EXIF must never stop an upscale
         warn(f"{source}: unreadable EXIF data ignored")
         exif = None
-    return Picture(color=orient(color, orientation), alpha=None if alpha is None else orient(alpha, orientation),
-                   icc=icc, dpi=_clean_dpi(im.info.get("dpi")), exif=exif, format=im.format, source=source)
+    alpha = None if alpha is None else orient(alpha, orientation)
+    return Picture(color=orient(color, orientation), alpha=alpha, icc=icc, dpi=_clean_dpi(im.info.get("dpi")),
+                   exif=exif, format=im.format, source=source)
 
 
-def _read_head(path: Path, n: int) -> bytes:
-    with path.open("rb") as f:
-        return f.read(n)
-
-
-def _decode(im, data: bytes | None, path: Path | None, source: str) -> Picture:
+def _decode(im, f: BinaryIO, source: str) -> Picture:
+    """``im`` opened from ``f``; 16-bit colour or alpha, which Pillow would cut, is read from the bytes."""
     if getattr(im, "n_frames", 1) > 1:
         warn(f"{source}: {im.n_frames} frames/pages; only the first is upscaled")
     icc = im.info.get("icc_profile") or None
-    if im.format == "PNG":  # 16-bit RGB, gray+alpha or RGBA (IHDR bit depth, colour type), which Pillow cuts
-        head = data[:26] if data is not None else _read_head(path, 26)
+    if im.format == "PNG":  # IHDR: bit depth 16 with colour type RGB, gray+alpha or RGBA
+        f.seek(0)  # Pillow seeks to the pixels itself when it loads them
+        head = f.read(26)
         deep = len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
     else:
         tags = getattr(im, "tag_v2", {}) if im.format == "TIFF" else {}
         deep = np.max(tags.get(258) or 8) == 16 and tags.get(277, 1) >= 2 and tags.get(262) in (1, 2)
     if deep:
-        data = data if data is not None else path.read_bytes()
-        color, alpha = (_png16_planes if im.format == "PNG" else _tiff16_planes)(data)
+        f.seek(0)
+        color, alpha = (_png16_planes if im.format == "PNG" else _tiff16_planes)(f.read())
         return _picture(im, color, alpha, icc, source, decoded=False)
     im.load()
     return _picture(im, *_standard_planes(im, source, icc), source)
@@ -409,22 +360,18 @@ def _pixels(n: int) -> str:
 
 def read_picture(src: str | os.PathLike | bytes | BinaryIO, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  name: str | None = None) -> Picture:
-    """Read an image file (path, bytes or binary file object) into a :class:`Picture`.
-
-    Every failure is a one-line :class:`LesrcnnError`: missing, empty, not an image, truncated,
-    zero-size, above ``max_pixels`` (None: no limit).
-    """
+    """An image file (path, bytes or binary file object) as a :class:`Picture`. Every failure is a
+    one-line LesrcnnError: missing, empty, not an image, truncated, zero-size, above ``max_pixels``."""
     from PIL import UnidentifiedImageError
 
-    path, data = None, None
+    data = None
     if isinstance(src, (str, os.PathLike)):
-        path = Path(src)
-        name = name or str(path)
-        if not path.exists():
+        name = name or str(Path(src))
+        if not os.path.exists(src):
             raise LesrcnnError(f"{name}: no such file")
-        if path.is_dir():
+        if os.path.isdir(src):
             raise LesrcnnError(f"{name}: is a folder, not an image")
-        if path.stat().st_size == 0:
+        if os.path.getsize(src) == 0:
             raise LesrcnnError(f"{name}: empty file")
     else:
         data = bytes(src) if isinstance(src, (bytes, bytearray, memoryview)) else src.read()
@@ -432,28 +379,25 @@ def read_picture(src: str | os.PathLike | bytes | BinaryIO, max_pixels: int | No
         if len(data) == 0:
             raise LesrcnnError(f"{name}: no data")
     try:
-        with _open_image(path if path is not None else io.BytesIO(data)) as im:
+        with open(src, "rb") if data is None else io.BytesIO(data) as f, _open_image(f) as im:
             w, h = im.size
             if w <= 0 or h <= 0:
                 raise LesrcnnError(f"{name}: zero-size image ({w}x{h})")
             if max_pixels is not None and w * h > max_pixels:
-                raise LesrcnnError(f"{name}: {w}x{h} = {_pixels(w * h)} is above the limit of {_pixels(max_pixels)} "
-                                   f"(decompression bomb guard); raise --max-pixels to allow it")
-            return _decode(im, data, path, name)
+                raise LesrcnnError(f"{name}: {w}x{h} = {_pixels(w * h)} is above the limit of "
+                                   f"{_pixels(max_pixels)} (decompression bomb guard); raise --max-pixels to "
+                                   f"allow it")
+            return _decode(im, f, name)
     except LesrcnnError as e:
         raise LesrcnnError(str(e) if str(e).startswith(name) else f"{name}: {e}") from None
     except UnidentifiedImageError:
-        raise LesrcnnError(f"{name}: not a readable image (unknown format, damaged header or zero size)") from None
+        raise LesrcnnError(f"{name}: not a readable image (unknown format, damaged header or zero "
+                           f"size)") from None
     except MemoryError:
         raise LesrcnnError(f"{name}: not enough memory to decode the image") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError, KeyError,
             zlib.error) as e:
-        raise LesrcnnError(f"{name}: cannot decode the image ({_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return (s.splitlines()[0] if s else type(e).__name__)[:200]
+        raise LesrcnnError(f"{name}: cannot decode the image ({first_line(e)})") from None
 
 
 def picture_from_pil(im, name: str = "<PIL image>") -> Picture:
@@ -468,20 +412,21 @@ def picture_to_pil(pic: Picture):
     """A :class:`Picture` of uint8 (any layout) or 16-bit gray as a PIL image, metadata in ``info``."""
     from PIL import Image
 
-    c, a = pic.color, pic.alpha
-    if pic.bits == 16 and (not pic.gray or a is not None):
+    if pic.bits == 16 and (not pic.gray or pic.alpha is not None):
         raise LesrcnnError("PIL has no 16-bit colour or 16-bit alpha mode; use an array or write a PNG/TIFF")
     if pic.bits not in (8, 16):
         raise LesrcnnError("only 8-bit and 16-bit pictures convert to PIL images")
-    planes = c if a is None else np.concatenate([c, a[..., None]], axis=2)
-    im = Image.fromarray(np.ascontiguousarray(planes[..., 0] if planes.shape[2] == 1 else planes))  # L/I;16/LA/RGB(A)
-    for key, value in (("icc_profile", pic.icc), ("dpi", pic.dpi), ("exif", pic.exif)):
-        if value:
-            im.info[key] = value
+    planes = _planes(pic.color, pic.alpha)
+    im = Image.fromarray(np.ascontiguousarray(planes[..., 0] if planes.shape[2] == 1 else planes))
+    im.info.update({k: v for k, v in (("icc_profile", pic.icc), ("dpi", pic.dpi), ("exif", pic.exif)) if v})
     return im
 
 
 # --- writing -------------------------------------------------------------------------------------
+
+def _planes(color: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    return color if alpha is None else np.concatenate([color, alpha[..., None]], axis=2)
+
 
 def to_8bit(a: np.ndarray) -> np.ndarray:
     """uint16 -> uint8 with rounding (65535 -> 255)."""
@@ -491,29 +436,34 @@ def to_8bit(a: np.ndarray) -> np.ndarray:
 
 
 def flatten_alpha(color: np.ndarray, alpha: np.ndarray, background: float = 1.0) -> np.ndarray:
-    """Composite over a flat background (1.0: white), same dtype out, row block by row block."""
+    """Composite over a flat background (1.0: white), same dtype out, 512 rows at a time (memory)."""
     mv = max_value(color.dtype)
     out = np.empty_like(color)
     for y in range(0, color.shape[0], 512):
-        c = color[y:y + 512].astype(np.float32)
         w = alpha[y:y + 512, :, None].astype(np.float32) / mv
-        v = c * w + (background * mv) * (1.0 - w)
+        v = color[y:y + 512].astype(np.float32) * w + (background * mv) * (1.0 - w)
         out[y:y + 512] = np.clip(np.floor(v + 0.5), 0, mv).astype(color.dtype) if mv > 1 else np.clip(v, 0, 1)
     return out
 
 
-def fit_metadata(pic: Picture, fmt: str) -> Picture:
-    """Drop, with a warning, metadata ``fmt`` cannot hold, so that every file written reads back:
-    Pillow refuses a PNG whose ICC profile inflates past 1 MiB; JPEG holds at most 255 ICC
-    segments, 64 KiB of EXIF and 16-bit densities; PNG, BMP and TIFF hold 32-bit pixels per metre."""
+def _encodable(pic: Picture, fmt: str) -> Picture:
+    """What ``fmt`` holds, with a warning for each loss, so that every file written reads back: Pillow
+    refuses a PNG whose ICC profile inflates past 1 MiB; JPEG holds 255 ICC segments, 64 KiB of
+    EXIF and 16-bit densities; PNG, BMP and TIFF hold 32-bit pixels per metre."""
     from PIL import PngImagePlugin
 
+    if pic.alpha is not None and fmt not in ALPHA_FORMATS:
+        warn(f"{pic.source}: {fmt} has no alpha channel; transparency flattened onto white")
+        pic = replace(pic, color=flatten_alpha(pic.color, pic.alpha), alpha=None)
+    if pic.bits == 16 and fmt not in DEEP_FORMATS:
+        warn(f"{pic.source}: {fmt} holds 8 bits per sample; the 16-bit result is reduced to 8 bits")
+        pic = replace(pic, color=to_8bit(pic.color), alpha=None if pic.alpha is None else to_8bit(pic.alpha))
     icc_limit = {"PNG": PngImagePlugin.MAX_TEXT_CHUNK, "JPEG": 255 * (65533 - 14)}.get(fmt, math.inf)
     if pic.icc and len(pic.icc) > icc_limit:
         warn(f"{pic.source}: {len(pic.icc):,}-byte ICC profile is too large for {fmt}; not written")
         pic = replace(pic, icc=None)
-    dpi = _clean_dpi(pic.dpi) if pic.dpi else None
-    if pic.dpi and not (dpi and all((1 <= round(d) <= 65535) if fmt == "JPEG" else (1 <= d / 0.0254 + 0.5 < 2**31)
+    dpi = _clean_dpi(pic.dpi)
+    if pic.dpi and not (dpi and all(1 <= round(d) <= 65535 if fmt == "JPEG" else 1 <= d / 0.0254 + 0.5 < 2**31
                                     for d in dpi)):
         warn(f"{pic.source}: DPI {pic.dpi[0]:g}x{pic.dpi[1]:g} does not fit a {fmt} file; not written")
         pic = replace(pic, dpi=None)
@@ -521,17 +471,6 @@ def fit_metadata(pic: Picture, fmt: str) -> Picture:
         warn(f"{pic.source}: {len(pic.exif):,}-byte EXIF block is too large for JPEG; not written")
         pic = replace(pic, exif=None)
     return pic
-
-
-def encodable(pic: Picture, fmt: str) -> Picture:
-    """What ``fmt`` can hold: 16 -> 8 bits outside PNG/TIFF, alpha flattened onto white for JPEG/BMP."""
-    if pic.alpha is not None and fmt not in ALPHA_FORMATS:
-        warn(f"{pic.source}: {fmt} has no alpha channel; transparency flattened onto white")
-        pic = replace(pic, color=flatten_alpha(pic.color, pic.alpha), alpha=None)
-    if pic.bits == 16 and fmt not in DEEP_FORMATS:
-        warn(f"{pic.source}: {fmt} holds 8 bits per sample; the 16-bit result is reduced to 8 bits")
-        pic = replace(pic, color=to_8bit(pic.color), alpha=None if pic.alpha is None else to_8bit(pic.alpha))
-    return fit_metadata(pic, fmt)
 
 
 def write_picture(pic: Picture, dst: str | os.PathLike | BinaryIO, fmt: str, quality: int | None = None,
@@ -543,66 +482,46 @@ def write_picture(pic: Picture, dst: str | os.PathLike | BinaryIO, fmt: str, qua
     if pic.bits not in (8, 16):
         raise LesrcnnError("only 8-bit and 16-bit pictures can be written")
     if max(pic.width, pic.height) > _MAX_SIDE[fmt]:
-        raise LesrcnnError(f"{fmt} cannot hold a {pic.width}x{pic.height} image (at most {_MAX_SIDE[fmt]} pixels a "
-                           f"side); choose png or tiff")
+        raise LesrcnnError(f"{fmt} cannot hold a {pic.width}x{pic.height} image (at most {_MAX_SIDE[fmt]} "
+                           f"pixels a side); choose png or tiff")
     if quality is not None and not 1 <= quality <= 100:
         raise LesrcnnError(f"quality must be 1..100, got {quality}")
-    pic = encodable(pic, fmt)
-    if isinstance(dst, (str, os.PathLike)):
-        with atomic_output(dst, overwrite) as f:
-            _encode(pic, f, fmt, quality)
-    else:
-        _encode(pic, dst, fmt, quality)
-
-
-def _encode(pic: Picture, f: BinaryIO, fmt: str, quality: int | None) -> None:
-    try:
-        if pic.bits == 16:
-            (_write_png16 if fmt == "PNG" else _write_tiff16)(pic, f)
-        else:
-            picture_to_pil(pic).save(f, format=fmt, **_save_kwargs(fmt, pic, quality))
-    except (ValueError, struct.error, OverflowError) as e:
-        raise LesrcnnError(f"cannot encode {fmt}: {_first_line(e)}") from None
-    except OSError as e:
-        if e.errno is not None:  # a real I/O error (disk full...): the caller names the file
-            raise
-        raise LesrcnnError(f"cannot encode {fmt}: {_first_line(e)}") from None
-
-
-def _save_kwargs(fmt: str, pic: Picture, quality: int | None) -> dict:
-    kw: dict = {}
-    if pic.icc and fmt in ("PNG", "JPEG", "WEBP", "TIFF"):
-        kw["icc_profile"] = pic.icc
-    if pic.dpi and fmt in ("PNG", "JPEG", "TIFF", "BMP"):
-        kw["dpi"] = pic.dpi if fmt != "JPEG" else tuple(int(round(d)) for d in pic.dpi)
-    if pic.exif and fmt in ("PNG", "JPEG", "WEBP"):
-        kw["exif"] = pic.exif
+    pic = _encodable(pic, fmt)
     q = 95 if quality is None else quality
-    if fmt == "JPEG":
-        kw.update(quality=q, subsampling=0 if q >= 90 else 2)
-    elif fmt == "WEBP":
-        kw.update(quality=q, lossless=q >= 100, method=4)
-    elif fmt == "TIFF":
-        kw["compression"] = "tiff_adobe_deflate"
-    return kw
+    meta = {"icc_profile": pic.icc, "dpi": pic.dpi, "exif": pic.exif}
+    kw = {k: v for k, v in meta.items() if v and fmt in _METADATA[k]}
+    kw.update({"JPEG": {"quality": q, "subsampling": 0 if q >= 90 else 2},
+               "WEBP": {"quality": q, "lossless": q >= 100, "method": 4},
+               "TIFF": {"compression": "tiff_adobe_deflate"}}.get(fmt, {}))
+    is_path = isinstance(dst, (str, os.PathLike))
+    with atomic_output(dst, overwrite) if is_path else contextlib.nullcontext(dst) as f:
+        try:
+            if pic.bits == 16:
+                (_write_png16 if fmt == "PNG" else _write_tiff16)(pic, f)
+            else:
+                picture_to_pil(pic).save(f, format=fmt, **kw)
+        except (OSError, ValueError, struct.error, OverflowError) as e:
+            if isinstance(e, OSError) and e.errno is not None:  # disk full...: the caller names the file
+                raise
+            raise LesrcnnError(f"cannot encode {fmt}: {first_line(e)}") from None
 
 
 def _write_png16(pic: Picture, f: BinaryIO) -> None:
-    """OpenCV's libpng encoder (fast settings); ICC, DPI and EXIF chunks go in after IHDR, where
-    OpenCV writes none of them. Gray+alpha, which OpenCV cannot write, is encoded as the 8-bit RGBA
-    image with the same bytes per pixel (the PNG filters work on bytes) and IHDR then says LA 16."""
+    """OpenCV's libpng with fast settings (3x the speed of its defaults); ICC, DPI and EXIF chunks,
+    which OpenCV does not write, go in after IHDR. Gray+alpha, which OpenCV cannot write, is encoded
+    as the 8-bit RGBA image of the same bytes (PNG filters work on bytes), and IHDR then says LA 16."""
     from PIL.PngImagePlugin import putchunk
 
     cv2 = _cv2()
     c, a = pic.color, pic.alpha
     if c.shape[2] == 1:  # file bytes G_hi G_lo A_hi A_lo; OpenCV writes its B,G,R,A input as R,G,B,A
-        img = c[..., 0] if a is None else \
-            np.stack([c[..., 0], a], axis=2).astype(">u2").view(np.uint8)[..., [2, 1, 0, 3]]
+        img = c[..., 0] if a is None else _planes(c, a).astype(">u2").view(np.uint8)[..., [2, 1, 0, 3]]
     else:
-        img = cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2BGR) if a is None else \
-            cv2.cvtColor(np.concatenate([c, a[..., None]], axis=2), cv2.COLOR_RGBA2BGRA)
-    fast = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]  # 3x the old speed
-    fast += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS] if hasattr(cv2, "IMWRITE_PNG_FILTER") else []
+        to_bgr = cv2.COLOR_RGB2BGR if a is None else cv2.COLOR_RGBA2BGRA
+        img = cv2.cvtColor(np.ascontiguousarray(_planes(c, a)), to_bgr)
+    fast = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV 4.12+
+        fast += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS]
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(img), fast)
     if not ok:
         raise ValueError("OpenCV could not encode the PNG")
@@ -626,12 +545,12 @@ def _write_tiff16(pic: Picture, f: BinaryIO) -> None:
     with alpha is written as RGBA, which Pillow can open (it has no 16-bit gray+alpha TIFF mode)."""
     import tifffile
 
-    color = pic.color if pic.alpha is None or not pic.gray else np.repeat(pic.color, 3, axis=2)  # Pillow has no LA 16
-    planes = color[..., 0] if color.shape[2] == 1 else \
-        color if pic.alpha is None else np.concatenate([color, pic.alpha[..., None]], axis=2)
+    color = pic.color if pic.alpha is None or not pic.gray else np.repeat(pic.color, 3, axis=2)
+    planes = color[..., 0] if color.shape[2] == 1 else _planes(color, pic.alpha)
     out = f if f.seekable() else io.BytesIO()
-    tifffile.imwrite(out, planes, photometric="rgb" if color.shape[2] == 3 else "minisblack", compression="zlib",
-                     predictor=True, extrasamples=("unassalpha",) if pic.alpha is not None else None,
+    tifffile.imwrite(out, planes, photometric="rgb" if color.shape[2] == 3 else "minisblack",
+                     compression="zlib", predictor=True,
+                     extrasamples=("unassalpha",) if pic.alpha is not None else None,
                      iccprofile=pic.icc, resolution=pic.dpi, resolutionunit="INCH" if pic.dpi else None,
                      metadata=None, bigtiff=planes.nbytes > 0xF000_0000)
     if out is not f:

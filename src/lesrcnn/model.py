@@ -1,12 +1,5 @@
-"""The LESRCNN network (Tian et al., KBS 2020), as published and as released.
-
-Structure (see docs/LESRCNN.md of the project spec):
-  mean shift -> IEEB (c1 + 8 heterogeneous residual units) -> RB (one sub-pixel
-  upsampler shared by the global features g and the local features h0) -> IRB
-  (4 x conv3x3+ReLU at HR, conv3x3 64->3) -> mean shift back.
-
-The ablation variants of the paper are options of the same class (``variant=``).
-"""
+"""The LESRCNN network (Tian et al., KBS 2020) as released, defined once; the paper's ablation
+networks are options of the same class (``variant=``). Spec: docs/LESRCNN.md of the project."""
 from __future__ import annotations
 
 import copy
@@ -26,7 +19,7 @@ UNITS = 8
 
 @dataclass(frozen=True)
 class Variant:
-    """Switches that distinguish the paper's ablation networks (Tables 1-3)."""
+    """Switches of the paper's ablation networks (Tables 1-3)."""
 
     hetero: bool = True  # 3x3 + 1x1 pairs (False: every 1x1 is a 3x3, the 'SN' network)
     residual: bool = True  # units add their input (IEEB) instead of a plain stack (HN/SN)
@@ -44,7 +37,7 @@ VARIANTS: dict[str, Variant] = {
 
 
 def check_scale(scale, allowed: tuple[int, ...] = SCALES) -> int:
-    """The one scale check: an int in ``allowed`` (2, 3, 4 by default), else a LesrcnnError."""
+    """The one scale check: an integer in ``allowed``, else a LesrcnnError."""
     try:
         s = int(scale)
     except (TypeError, ValueError):
@@ -58,7 +51,6 @@ class Upsampler(nn.Sequential):
     """Sub-pixel upsampler with bias and no activation: x2/x3 one stage, x4 two x2 stages."""
 
     def __init__(self, scale: int, features: int = FEATURES):
-        check_scale(scale)
         layers: list[nn.Module] = []
         for r in stages(scale):
             layers += [nn.Conv2d(features, features * r * r, 3, padding=1, bias=True), nn.PixelShuffle(r)]
@@ -71,9 +63,8 @@ class Upsampler(nn.Sequential):
 
 
 class FusedUpsampler(Upsampler):
-    """The RB rewritten exactly: U is affine, so U(g) + U(h0) = U'(g + h0) where U' is U with
-    every bias doubled (no nonlinearity between the stages). One upsampler pass instead of two.
-    Built by :func:`fuse_rb` only; its biases are 2b, so it is for inference and export."""
+    """U is affine, so U(g) + U(h0) = U'(g + h0) with U' = U with doubled biases: one pass
+    instead of two. Built by :func:`fuse_rb` (its biases are 2b), for inference and export."""
 
     def pair(self, g: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
         return self(g + h0)
@@ -84,14 +75,14 @@ def stages(scale: int) -> list[int]:
     return [2, 2] if scale == 4 else [scale]
 
 
-class LESRCNN(nn.Module):
-    """LESRCNN for one scale (``scales=(s,)``) or the multi-scale LESRCNN-S (``scales=(2, 3, 4)``).
+def _conv(c_in: int, c_out: int, k: int) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False)
 
-    Called as ``model(x, scale)`` (a single-scale model also takes ``model(x)``).
-    Input and output are RGB in [0, 1], NCHW (channels-last tensors work and are faster on CPU).
-    ``forward`` is the plain module computation; :func:`fuse_rb` gives the cheaper exact form and
-    :mod:`lesrcnn.accel` a fused oneDNN CPU runner built from a model.
-    """
+
+class LESRCNN(nn.Module):
+    """LESRCNN for one scale (``scales=s``) or the multi-scale LESRCNN-S (``scales=(2, 3, 4)``):
+    ``model(x, scale)`` (a single-scale model also takes ``model(x)``), RGB in [0, 1], NCHW or
+    channels-last (faster on CPU). :func:`fuse_rb` gives the cheaper exact form."""
 
     def __init__(
         self,
@@ -101,24 +92,20 @@ class LESRCNN(nn.Module):
         features: int = FEATURES,
     ):
         super().__init__()
-        scales = (scales,) if isinstance(scales, int) else tuple(sorted(set(scales)))
-        for s in scales:
-            check_scale(s)
+        scales = (scales,) if isinstance(scales, int) else sorted(set(scales))
         if variant not in VARIANTS:
             raise LesrcnnError(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
-        self.scales = scales
-        self.variant = variant
-        self.features = features
-        v = self.v = VARIANTS[variant]
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.head = nn.Conv2d(3, features, 3, padding=1, bias=False)
-        k = 1 if v.hetero else 3
-        self.body3 = nn.ModuleList(nn.Conv2d(features, features, 3, padding=1, bias=False) for _ in range(UNITS))
-        self.body1 = nn.ModuleList(nn.Conv2d(features, features, k, padding=k // 2, bias=False) for _ in range(UNITS))
-        self.upsample = nn.ModuleDict({f"x{s}": Upsampler(s, features) for s in scales})
-        n_irb = 4 if v.irb else 0
-        self.irb = nn.ModuleList(nn.Conv2d(features, features, 3, padding=1, bias=False) for _ in range(n_irb))
-        self.tail = nn.Conv2d(features, 3, 3, padding=1, bias=False)
+        self.scales, self.variant, self.features = tuple(check_scale(s) for s in scales), variant, features
+        self.v = v = VARIANTS[variant]
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("mean", mean_t, persistent=False)
+        f = features
+        self.head = _conv(3, f, 3)
+        self.body3 = nn.ModuleList(_conv(f, f, 3) for _ in range(UNITS))
+        self.body1 = nn.ModuleList(_conv(f, f, 1 if v.hetero else 3) for _ in range(UNITS))
+        self.upsample = nn.ModuleDict({f"x{s}": Upsampler(s, f) for s in self.scales})
+        self.irb = nn.ModuleList(_conv(f, f, 3) for _ in range(4 if v.irb else 0))
+        self.tail = _conv(f, 3, 3)
 
     @property
     def multiscale(self) -> bool:
@@ -170,18 +157,15 @@ def fuse_rb(model: LESRCNN) -> LESRCNN:
     """A copy of ``model`` whose RB runs one upsampler pass on g + h0 (doubled biases): the same
     function up to float rounding, ~12-18% fewer MACs. For inference and ONNX export."""
     fused = copy.deepcopy(model)
-    if not model.v.local_fusion:
+    if not model.v.local_fusion:  # no RB sum to fuse
         return fused
     for key, up in list(fused.upsample.items()):
-        if isinstance(up, FusedUpsampler):
-            continue
-        new = FusedUpsampler(up.scale, model.features)
-        new.load_state_dict(up.state_dict())
-        with torch.no_grad():
-            for m in new:
-                if isinstance(m, nn.Conv2d):
-                    m.bias.mul_(2)
-        fused.upsample[key] = new.to(device=up[0].weight.device, dtype=up[0].weight.dtype)
+        if not isinstance(up, FusedUpsampler):
+            new = fused.upsample[key] = FusedUpsampler(up.scale, model.features).to(up[0].weight)
+            new.load_state_dict(up.state_dict())
+            with torch.no_grad():
+                for conv in list(new)[::2]:  # the convolutions (between them: PixelShuffle)
+                    conv.bias.mul_(2)
     return fused
 
 
@@ -193,8 +177,11 @@ def conv_calls(model: LESRCNN, scale: int) -> list[tuple[nn.Conv2d, int]]:
     calls: list[tuple[nn.Conv2d, int]] = []
     lr = 8
     by_meta = {id(m): orig for m, orig in zip(meta.modules(), model.modules())}
-    hooks = [m.register_forward_pre_hook(lambda mod, inp: calls.append((by_meta[id(mod)], inp[0].shape[-1] // lr)))
-             for m in meta.modules() if isinstance(m, nn.Conv2d)]
+
+    def record(conv: nn.Module, inputs: tuple) -> None:
+        calls.append((by_meta[id(conv)], inputs[0].shape[-1] // lr))
+
+    hooks = [m.register_forward_pre_hook(record) for m in meta.modules() if isinstance(m, nn.Conv2d)]
     try:
         with torch.no_grad():
             meta(torch.empty(1, 3, lr, lr, device="meta"), scale)
@@ -212,21 +199,15 @@ def build(scale: int | str | tuple[int, ...], variant: str = "full") -> LESRCNN:
 
 # --- initialisation that makes an untrained LESRCNN already interpolate ---------------------
 
-def _cubic(x: torch.Tensor) -> torch.Tensor:
-    a = x.abs()
-    return torch.where(a <= 1, 1.5 * a**3 - 2.5 * a**2 + 1,
-                       torch.where(a <= 2, -0.5 * a**3 + 2.5 * a**2 - 4 * a + 2, torch.zeros_like(a)))
-
-
 def _subpixel_taps(r: int) -> torch.Tensor:
-    """(r, 3) weights: HR sub-position i reads LR taps y-1, y, y+1 (cubic kernel, renormalised)."""
-    taps = torch.tensor([-1.0, 0.0, 1.0])
-    rows = []
-    for i in range(r):
-        offset = (i + 0.5) / r - 0.5
-        w = _cubic(taps - offset)
-        rows.append(w / w.sum())
-    return torch.stack(rows)
+    """(r * r, 3, 3) kernels: HR sub-position (i, j) reads LR taps -1, 0, +1 around its pixel
+    with cubic weights (a = -0.5), renormalised."""
+    offsets = torch.tensor([(i + 0.5) / r - 0.5 for i in range(r)])
+    d = (torch.tensor([-1.0, 0.0, 1.0]) - offsets[:, None]).abs()
+    w = torch.where(d <= 1, 1.5 * d**3 - 2.5 * d**2 + 1,
+                    torch.where(d <= 2, -0.5 * d**3 + 2.5 * d**2 - 4 * d + 2, torch.zeros_like(d)))
+    w = w / w.sum(1, keepdim=True)
+    return (w[:, None, :, None] * w[None, :, None, :]).reshape(r * r, 3, 3)
 
 
 @torch.no_grad()
@@ -241,52 +222,33 @@ def init_interpolation(model: LESRCNN, carry: int = 3, seed: int | None = None) 
     """
     if seed is not None:
         torch.manual_seed(seed)
-    C, v = 2 * carry, model.v  # carried channels: 2c -> +x_c, 2c+1 -> -x_c
-
-    def identity_center(conv: nn.Conv2d, scale_in: float = 1.0) -> None:
+    C = 2 * carry  # carried channels: 2c -> +x_c, 2c+1 -> -x_c
+    centre = [conv for pair in zip(model.body3, model.body1) for conv in pair] if not model.v.residual else []
+    for conv in centre + list(model.irb):  # identity on the carried channels
         conv.weight[:C] = 0
-        kc = conv.weight.shape[-1] // 2
-        for j in range(C):
-            conv.weight[j, j, kc, kc] = scale_in
-
-    # head: +x, -x
-    model.head.weight[:C] = 0
-    for c in range(carry):
-        model.head.weight[2 * c, c, 1, 1] = 1.0
-        model.head.weight[2 * c + 1, c, 1, 1] = -1.0
-    for c3, c1 in zip(model.body3, model.body1):
-        if v.residual:
+        k = conv.weight.shape[-1] // 2
+        conv.weight[range(C), range(C), k, k] = 1.0
+    if model.v.residual:
+        for c1 in model.body1:
             c1.weight[:C] = 0  # adds nothing to the carried channels
-        else:
-            identity_center(c3)
-            identity_center(c1)
-    # upsamplers: carried channels -> signed interpolation (halved if applied twice), then +/- split
-    half = 0.5 if v.local_fusion else 1.0
+    model.head.weight[:C] = 0
+    model.tail.weight.zero_()
+    for c in range(carry):
+        model.head.weight[2 * c, c, 1, 1], model.head.weight[2 * c + 1, c, 1, 1] = 1.0, -1.0
+        model.tail.weight[c, 2 * c, 1, 1], model.tail.weight[c, 2 * c + 1, 1, 1] = 1.0, -1.0
+    half = 0.5 if model.v.local_fusion else 1.0  # the RB applies the upsampler twice and adds
     for up in model.upsample.values():
         convs = [m for m in up if isinstance(m, nn.Conv2d)]
         for si, (conv, r) in enumerate(zip(convs, stages(up.scale))):
-            w, b = conv.weight, conv.bias
-            taps = _subpixel_taps(r)
             first, last = si == 0, si == len(convs) - 1
-            n_out = C if last else carry  # HR channels written by this stage
-            for hc in range(n_out):
-                c = hc // 2 if last else hc
-                sign = (1.0 if hc % 2 == 0 else -1.0) if last else 1.0
-                for i in range(r):
-                    for j in range(r):
-                        oc = hc * r * r + i * r + j
-                        w[oc] = 0
-                        b[oc] = 0
-                        k2 = torch.outer(taps[i], taps[j]) * sign * (half if first else 1.0)
-                        if first:  # read +x_c and -x_c channels
-                            w[oc, 2 * c] = k2
-                            w[oc, 2 * c + 1] = -k2
-                        else:  # read the signed intermediate channel c
-                            w[oc, c] = k2
-    for conv in model.irb:
-        identity_center(conv)
-    model.tail.weight.zero_()
-    for c in range(carry):
-        model.tail.weight[c, 2 * c, 1, 1] = 1.0
-        model.tail.weight[c, 2 * c + 1, 1, 1] = -1.0
+            taps = _subpixel_taps(r)
+            for hc in range(C if last else carry):  # the last stage writes +x_c/-x_c, an inner one x_c
+                rows = slice(hc * r * r, (hc + 1) * r * r)
+                c, sign = (hc // 2, -1.0 if hc % 2 else 1.0) if last else (hc, 1.0)
+                conv.weight[rows], conv.bias[rows] = 0, 0
+                k2 = taps * sign * (half if first else 1.0)
+                if first:  # reads the +x_c and -x_c channels
+                    conv.weight[rows, 2 * c], conv.weight[rows, 2 * c + 1] = k2, -k2
+                else:  # reads the signed channel c of the stage before
+                    conv.weight[rows, c] = k2
     return model

@@ -1,16 +1,9 @@
 """``lesrcnn serve``: a web page and an HTTP API for upscaling (FastAPI + uvicorn, extra ``serve``).
 
-    POST /v1/upscale   multipart form (field ``file``, optional ``scale``, ``weights``) or the raw
-                       image bytes with ``?scale=2&weights=default``; answers the upscaled PNG
-                       (16-bit and alpha kept)
-    GET  /healthz      {"status": "ok", ...}
-    GET  /v1/info      scales, weight sets and limits (the page reads them)
-    GET  /             the page: drop an image, compare before/after, download
-
-Every refusal is a JSON ``{"error": "..."}`` with a 4xx status (413 for too many bytes or
-pixels, 503 when the queue is full, 504 past the timeout), never a traceback. Models load once
-per weight set; at most ``--concurrency`` inferences run at a time, at most ``--queue``
-requests wait, and each inference is tiled (bounded memory whatever the image).
+Routes: POST /v1/upscale (a multipart ``file`` or the raw image; ``scale``, ``weights`` as form
+fields or in the query), GET /healthz, GET /v1/info, GET / (the page). Every refusal is a JSON
+``{"error": ...}`` with a 4xx status, never a traceback. At most ``concurrency`` tiled
+inferences run and ``queue`` requests are admitted at a time: memory stays bounded.
 """
 from __future__ import annotations
 
@@ -42,53 +35,11 @@ class Limits:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+    """A refusal, shaped like Starlette's HTTPException so that one handler answers both."""
 
-
-class Models:
-    """One checkpoint per weight set, one Upscaler per (scale, weight set), loaded on first use;
-    a lock per checkpoint, because the Upscalers of one checkpoint share its module."""
-
-    def __init__(self, device: str, tile: int, max_pixels: int, weights: str | None):
-        from .integrations import available_weight_sets
-
-        self.device, self.tile, self.max_pixels = device, tile, max_pixels
-        self.sets = {name: name for name in available_weight_sets()}
-        if weights is not None:
-            self.sets["default"] = weights  # --weights FILE serves as the default set
-        self._ups: dict = {}
-        self._cks: dict = {}
-        self._guard = threading.Lock()
-
-    def get(self, scale: int, weights: str):
-        from . import weights as W
-        from .integrations import resolve_weights
-        from .upscale import Upscaler
-
-        with self._guard:
-            key = (scale, weights)
-            if key not in self._ups:
-                if weights not in self._cks:
-                    self._cks[weights] = (W.load(resolve_weights(self.sets[weights])), threading.Lock())
-                ck, lock = self._cks[weights]
-                up = Upscaler(scale, ck, self.device, tile=self.tile, max_pixels=self.max_pixels)
-                self._ups[key] = (up, lock)
-            return self._ups[key]
-
-
-def upscale_bytes(models: Models, data: bytes, scale: int, weights: str, name: str) -> bytes:
-    """Decode, upscale, encode PNG (the worker-thread part of a request)."""
-    from .io import read_picture, write_picture
-
-    up, lock = models.get(scale, weights)
-    pic = read_picture(data, models.max_pixels, name=name)
-    with lock:
-        res = up.upscale_picture(pic, 16 if pic.bits == 16 else 8)
-    buf = io.BytesIO()
-    write_picture(res, buf, "PNG")
-    return buf.getvalue()
+    def __init__(self, status_code: int, detail: str):
+        super().__init__(detail)
+        self.status_code, self.detail = status_code, detail
 
 
 def check_pixels(data: bytes, max_pixels: int, name: str) -> None:
@@ -118,10 +69,8 @@ def parse_scale(v) -> int:
 
 
 async def read_body(request, limits: Limits) -> bytes:
-    """The request body, at most ``max_upload`` bytes (413 beyond, after draining a bounded
-    amount so the client reads the answer), within ``read_timeout`` (else 408)."""
-    declared = request.headers.get("content-length")
-    too_big = declared is not None and declared.isdigit() and int(declared) > limits.max_upload
+    """The body, at most ``max_upload`` bytes (413 beyond, after draining a bounded amount so
+    that the client reads the answer), within ``read_timeout`` (408)."""
     chunks, size = [], 0
 
     async def pull() -> None:
@@ -130,7 +79,7 @@ async def read_body(request, limits: Limits) -> bytes:
             size += len(chunk)
             if size > limits.max_upload * 4:
                 break  # stop draining; the connection closes after the answer
-            if not too_big and size <= limits.max_upload:
+            if size <= limits.max_upload:
                 chunks.append(chunk)
     try:
         await asyncio.wait_for(pull(), limits.read_timeout)
@@ -138,7 +87,7 @@ async def read_body(request, limits: Limits) -> bytes:
         raise ApiError(408, f"the upload took longer than {limits.read_timeout:g} s") from None
     except Exception:  # the client went away mid-body
         raise ApiError(400, "the upload was interrupted") from None
-    if too_big or size > limits.max_upload:
+    if size > limits.max_upload:
         raise ApiError(413, f"upload larger than the limit of {limits.max_upload / 2**20:g} MB")
     return b"".join(chunks)
 
@@ -147,8 +96,7 @@ async def parse_upload(request, body: bytes) -> tuple[bytes, str, dict]:
     """(image bytes, file name, form fields) from a multipart form or a raw body."""
     from starlette.requests import Request
 
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "multipart/form-data":
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
         return body, "upload", {}
 
     async def receive() -> dict:
@@ -162,57 +110,78 @@ async def parse_upload(request, body: bytes) -> tuple[bytes, str, dict]:
         raise ApiError(400, "the form has no file in field 'file'")
     data = await f.read()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    name = (f.filename or "upload")[:200]
     await form.close()
-    return data, name, fields
-
-
-def _json_error(status: int, message: str):
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse({"error": message}, status_code=status)
+    return data, (f.filename or "upload")[:200], fields
 
 
 class Service:
-    """The request path: admission (queue bound), body, parsing, limits, the inference slot."""
+    """The request path: admission (the queue bound), body, checks, an inference slot."""
 
-    def __init__(self, models: Models, limits: Limits):
-        self.models, self.limits = models, limits
+    def __init__(self, limits: Limits, weights: str | None, device: str):
+        from .integrations import available_weight_sets
+
+        self.limits, self.device = limits, device
+        self.sets = {name: name for name in available_weight_sets()}
+        if weights is not None:
+            self.sets["default"] = weights  # --weights FILE serves as the default set
+        self._ups: dict = {}
+        self._guard = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=limits.concurrency, thread_name_prefix="lesrcnn-infer")
         self.slots = asyncio.Semaphore(limits.concurrency)
         self.admitted = self.running = 0
+
+    def upscaler(self, scale: int, weights: str):
+        """The Upscaler of (scale, weight set), loaded on first use, and its lock (one image at a
+        time: with --concurrency above 1, other scales and weight sets run beside it)."""
+        from .integrations import resolve_weights
+        from .upscale import Upscaler
+
+        with self._guard:
+            if (scale, weights) not in self._ups:
+                up = Upscaler(scale, resolve_weights(self.sets[weights]), self.device, tile=self.limits.tile,
+                              max_pixels=self.limits.max_pixels)
+                self._ups[scale, weights] = up, threading.Lock()
+            return self._ups[scale, weights]
+
+    def upscale_bytes(self, data: bytes, scale: int, weights: str, name: str) -> bytes:
+        """Decode, upscale, encode PNG: the worker-thread part of a request."""
+        from .io import read_picture, write_picture
+
+        up, lock = self.upscaler(scale, weights)
+        pic = read_picture(data, self.limits.max_pixels, name=name)
+        with lock:
+            res = up.upscale_picture(pic, 16 if pic.bits == 16 else 8)
+        buf = io.BytesIO()
+        write_picture(res, buf, "PNG")
+        return buf.getvalue()
 
     async def handle(self, request):
         from fastapi.responses import Response
 
         if self.admitted >= self.limits.queue:
-            return _json_error(503, f"busy: {self.admitted} requests in progress; retry later")
+            raise ApiError(503, f"busy: {self.admitted} requests in progress; retry later")
         self.admitted += 1
         try:
             png, scale = await asyncio.wait_for(self._process(request), self.limits.timeout)
-        except ApiError as e:
-            return _json_error(e.status, str(e))
         except asyncio.TimeoutError:
-            return _json_error(504, f"not done within {self.limits.timeout:g} s; try a smaller image")
+            raise ApiError(504, f"not done within {self.limits.timeout:g} s; try a smaller image") from None
         finally:
             self.admitted -= 1
         return Response(png, media_type="image/png", headers={"X-Lesrcnn-Scale": str(scale)})
 
     async def _process(self, request) -> tuple[bytes, int]:
-        body = await read_body(request, self.limits)
-        data, name, fields = await parse_upload(request, body)
+        data, name, fields = await parse_upload(request, await read_body(request, self.limits))
         if not data:
             raise ApiError(400, "no image in the request (empty body or empty file)")
-        q = request.query_params
-        scale = parse_scale(fields.get("scale", q.get("scale", 2)))
-        weights = fields.get("weights", q.get("weights", "default"))
-        if weights not in self.models.sets:
-            raise ApiError(400, f"unknown weights {weights[:40]!r}; choose from {', '.join(self.models.sets)}")
+        scale = parse_scale(fields.get("scale", request.query_params.get("scale", 2)))
+        weights = fields.get("weights", request.query_params.get("weights", "default"))
+        if weights not in self.sets:
+            raise ApiError(400, f"unknown weights {weights[:40]!r}; choose from {', '.join(self.sets)}")
         check_pixels(data, self.limits.max_pixels, name)
         await self.slots.acquire()  # a request that times out while waiting here never runs
         self.running += 1
-        fut = asyncio.get_running_loop().run_in_executor(
-            self.pool, upscale_bytes, self.models, data, scale, weights, name)
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.pool, self.upscale_bytes, data, scale, weights, name)
         fut.add_done_callback(self._release)  # the slot frees when the work ends, not the request
         try:
             return await asyncio.shield(fut), scale  # a timeout leaves the thread to finish
@@ -229,32 +198,31 @@ class Service:
 
 
 def create_app(limits: Limits = Limits(), weights: str | None = None, device: str = "cpu"):
-    """The ASGI app (FastAPI). The default weight set's x2 model loads here, so a broken
-    installation fails at start rather than on the first request."""
+    """The ASGI app. The default weight set's x2 model loads here, so that a broken installation
+    fails at start rather than on the first request."""
     from fastapi import FastAPI
-    from fastapi.responses import HTMLResponse
+    from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException
 
     from . import __version__
 
     warnings.simplefilter("ignore")  # Pillow's bomb warnings and image notes: the API answers instead
-    models = Models(device, limits.tile, limits.max_pixels, weights)
-    models.get(2, "default")
-    service = Service(models, limits)
+    service = Service(limits, weights, device)
+    service.upscaler(2, "default")
     app = FastAPI(title="LESRCNN", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     page = (resources.files("lesrcnn") / "web" / "index.html").read_text(encoding="utf-8")
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request, exc):
-        return _json_error(exc.status_code, str(exc.detail))
+    async def refusal(request, exc):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def any_error(request, exc):  # no traceback ever reaches a client
-        return _json_error(500, f"internal error ({type(exc).__name__})")
+    async def internal_error(request, exc):  # no traceback ever reaches a client
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
-    @app.get("/", response_class=HTMLResponse)
-    async def index():
-        return page
+    app.add_exception_handler(HTTPException, refusal)
+    app.add_exception_handler(ApiError, refusal)
+    app.add_exception_handler(Exception, internal_error)
+    app.add_route("/", lambda request: HTMLResponse(page))
+    app.add_route("/v1/upscale", service.handle, methods=["POST"])  # reads the body itself (limits)
 
     @app.get("/healthz")
     async def healthz():
@@ -262,10 +230,8 @@ def create_app(limits: Limits = Limits(), weights: str | None = None, device: st
 
     @app.get("/v1/info")
     async def info():
-        return {"version": __version__, "scales": list(SCALES), "weights": list(models.sets),
+        return {"version": __version__, "scales": list(SCALES), "weights": list(service.sets),
                 "max_upload_bytes": limits.max_upload, "max_pixels": limits.max_pixels}
-
-    app.add_route("/v1/upscale", service.handle, methods=["POST"])  # reads the body itself (limits)
 
     return app
 
@@ -280,8 +246,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="FILE", help="checkpoint served as the 'default' weight set "
                                                      "(default: the embedded weights)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="inference device")
-    p.add_argument("--max-upload-mb", type=float, default=d.max_upload / 2**20, help="largest request body (413 above)")
-    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest input image, in pixels (413 above)")
+    p.add_argument("--max-upload-mb", type=float, default=d.max_upload / 2**20,
+                   help="largest request body (413 above)")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help="largest input image, in pixels (413 above)")
     p.add_argument("--concurrency", type=int, default=d.concurrency, help="inferences running at once")
     p.add_argument("--queue", type=int, default=d.queue, help="requests admitted at once (503 above)")
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds per request (504 above)")
@@ -291,11 +259,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(a) -> int:
-    try:
-        import uvicorn
-    except ImportError:
-        raise LesrcnnError("`lesrcnn serve` needs `pip install lesrcnn[serve]` (fastapi, uvicorn, "
-                           "python-multipart)") from None
+    import uvicorn  # missing: cli.main names the extra to install
+
     for name, v, lo in (("--port", a.port, 0), ("--concurrency", a.concurrency, 1), ("--queue", a.queue, 1),
                         ("--max-pixels", a.max_pixels, 1), ("--tile", a.tile, 0)):
         if v < lo:
@@ -306,21 +271,10 @@ def run(a) -> int:
         socket.create_server((a.host, a.port)).close()
     except OSError as e:
         raise LesrcnnError(f"cannot listen on {a.host}:{a.port}: {e.strerror or e}") from None
-    limits = Limits(max_upload=int(a.max_upload_mb * 2**20), max_pixels=a.max_pixels, concurrency=a.concurrency,
-                    queue=a.queue, timeout=a.timeout, tile=a.tile)
+    limits = Limits(max_upload=int(a.max_upload_mb * 2**20), max_pixels=a.max_pixels,
+                    concurrency=a.concurrency, queue=a.queue, timeout=a.timeout, tile=a.tile)
     app = create_app(limits, a.weights, a.device)
     print(f"lesrcnn: serving on http://{a.host}:{a.port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_keep_alive=5,
                 limit_concurrency=limits.queue * 2 + 16)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lesrcnn.serve``: the same as ``lesrcnn serve``."""
-    from .cli import main as cli_main
-
-    return cli_main(["serve", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,24 +1,22 @@
 """``lesrcnn train``: the paper's recipe by default, one CPU to many GPUs (torchrun + DDP), resumable.
 
-Read top to bottom: options (declared once: flags, config keys, checks) -> set-up -> the loop.
-A run directory holds ``config.json`` (resolved), ``metrics.jsonl``, ``last.state.pt`` (weights,
-EMA, optimiser, RNG and step: the ONE unit ``--resume`` reads), ``last.safetensors`` (the same
-weights for users), ``ema.safetensors`` with ``--ema`` and ``best.safetensors`` with ``--val``.
+Options are declared once (:class:`Options`): the flags, the config-file keys and their checks all
+come from it. The run itself is in :mod:`lesrcnn.train_loop`.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import get_type_hints
 
-from .errors import LesrcnnError
+from .errors import LesrcnnError, first_line
 
 
 def _opt(default, help: str, choices=None, low: int | None = None):
-    """A field with its help text, choices and lower bound: the one place an option is declared."""
+    """An option: default, help, choices and lower bound (1: positive, 0: >= 0)."""
     meta = {"help": help, "choices": choices, "low": low}
     if isinstance(default, list):
         return field(default_factory=list, metadata=meta)
@@ -29,13 +27,15 @@ def _opt(default, help: str, choices=None, low: int | None = None):
 class Options:
     data: list[str] = _opt([], "training folder of HR images (repeatable); HR/ inside it is used if present")
     out: str = _opt("", "run directory (config, metrics, checkpoints)")
-    scale: str = _opt("2", "upscaling factor, or multi for the multi-scale LESRCNN-S", ["2", "3", "4", "multi"])
+    scale: str = _opt("2", "upscaling factor, or multi for the multi-scale LESRCNN-S",
+                      ["2", "3", "4", "multi"])
     steps: int = _opt(600_000, "training steps (the paper: 600,000)", low=1)
     batch: int = _opt(64, "patches per step (all processes together)", low=1)
     patch: int = _opt(64, "LR patch side (the paper's 64)", low=1)
     hr_patch: int = _opt(0, "if > 0, one HR patch side for every scale (LR side = hr_patch // scale)", low=0)
     lr: float = _opt(1e-4, "peak learning rate (Adam)", low=1)
-    schedule: str = _opt("step", "step: halve every --decay steps (the paper); cosine: to zero", ["step", "cosine"])
+    schedule: str = _opt("step", "step: halve every --decay steps (the paper); cosine: to zero",
+                         ["step", "cosine"])
     decay: int = _opt(400_000, "steps between halvings of the step schedule", low=1)
     warmup: int = _opt(0, "linear warm-up steps", low=0)
     loss: str = _opt("mse", "training loss", ["mse", "l1"])
@@ -67,53 +67,45 @@ class Options:
         return {s: (max(8, self.hr_patch // s) if self.hr_patch else self.patch) for s in self.scales()}
 
 
-Config = Options  # the name the tests and older scripts use
+Config = Options  # the name older scripts use
 _TYPES = get_type_hints(Options)
-
-
-def _default(f):
-    return f.default_factory() if f.default is MISSING else f.default
+_FIELDS = {f.name: f for f in fields(Options)}
+_KINDS = {bool: "true or false", str: "a string", int: "an integer", float: "a number"}
 
 
 def _checked(key: str, v, where: str):
-    """``v`` as the option's type, or a one-line error naming the key (never iterate a string)."""
-    typ, choices = _TYPES[key], fields_by_name()[key].metadata["choices"]
-    name = f"{where}: {key}" if where else f"--{key.replace('_', '-')}"
+    """``v`` as the option's type, or a one-line error naming the key (a string is never a list)."""
+    typ, meta = _TYPES[key], _FIELDS[key].metadata
+    flag = f"--{key.replace('_', '-')}"
+    name = f"{where}: {key}" if where else flag
     if typ == list[str]:
         if isinstance(v, str):
             raise LesrcnnError(f"{name} must be a list of folders, e.g. {key} = [\"{v}\"], not a string")
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
             raise LesrcnnError(f"{name} must be a list of folder names, got {v!r}")
         return list(v)
-    if typ is str and choices and isinstance(v, int) and not isinstance(v, bool) and str(v) in choices:
+    if meta["choices"] and type(v) is int and str(v) in meta["choices"]:
         v = str(v)  # scale = 3 in a TOML file
-    ok = {bool: lambda: isinstance(v, bool), str: lambda: isinstance(v, str),
-          int: lambda: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}[typ]()
-    if not ok:
-        kind = {bool: "true or false", str: "a string", int: "an integer", float: "a number"}[typ]
-        raise LesrcnnError(f"{name} must be {kind}, got {v!r}")
-    if choices and v not in choices:
-        raise LesrcnnError(f"{name} must be one of {', '.join(choices)}, got {v!r}")
+    if type(v) not in ((int, float) if typ is float else (typ,)) or (typ is float and not math.isfinite(v)):
+        raise LesrcnnError(f"{name} must be {_KINDS[typ]}, got {v!r}")
+    if meta["choices"] and v not in meta["choices"]:
+        raise LesrcnnError(f"{name} must be one of {', '.join(meta['choices'])}, got {v!r}")
+    if meta["low"] is not None and (v < 0 or (meta["low"] and v == 0)):
+        raise LesrcnnError(f"{flag} must be {'positive' if meta['low'] else '>= 0'}")
     return float(v) if typ is float else v
 
 
-def fields_by_name() -> dict:
-    return {f.name: f for f in fields(Options)}
+def _checked_keys(raw: dict, where: str = "") -> dict:
+    raw = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    unknown = sorted(set(raw) - set(_FIELDS))
+    if unknown:
+        raise LesrcnnError(f"{where or 'options'}: unknown key(s): {', '.join(unknown)}")
+    return {k: _checked(k, v, where) for k, v in raw.items()}
 
 
 def make_options(raw: dict, where: str = "") -> Options:
     """Options from a dict of keys (a config file's or flags'), checked against the schema."""
-    known = fields_by_name()
-    raw = {str(k).replace("-", "_"): v for k, v in raw.items()}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise LesrcnnError(f"{where or 'options'}: unknown key(s): {', '.join(unknown)}")
-    o = Options(**{k: _checked(k, v, where) for k, v in raw.items()})
-    for k, f in known.items():
-        low = f.metadata["low"]
-        if low is not None and (getattr(o, k) < 0 or (low and getattr(o, k) == 0)):
-            raise LesrcnnError(f"--{k.replace('_', '-')} must be {'positive' if low else '>= 0'}")
+    o = Options(**_checked_keys(raw, where))
     from .model import VARIANTS  # torch: imported only when a run is set up, not for --help
 
     if o.variant not in VARIANTS:
@@ -128,32 +120,21 @@ def load_config(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise LesrcnnError(f"config file not found: {p}")
+    module = {".toml": "tomllib", ".json": "json", ".yaml": "yaml", ".yml": "yaml"}.get(p.suffix.lower())
+    if module is None:
+        raise LesrcnnError(f"config must be .toml, .yaml or .json: {p}")
     try:
-        text, kind = p.read_text(), p.suffix.lower()
-        if kind == ".toml":
-            import tomllib
-            raw = tomllib.loads(text)
-        elif kind in (".yaml", ".yml"):
-            try:
-                import yaml  # type: ignore
-            except ImportError:
-                raise LesrcnnError("YAML configs need PyYAML (pip install pyyaml); TOML works without it") from None
-            raw = yaml.safe_load(text) or {}
-        elif kind == ".json":
-            raw = json.loads(text)
-        else:
-            raise LesrcnnError(f"config must be .toml, .yaml or .json: {p}")
-    except LesrcnnError:
-        raise
+        parser = importlib.import_module(module)
+    except ImportError:
+        raise LesrcnnError("YAML configs need PyYAML (pip install pyyaml); TOML works without it") from None
+    try:
+        raw = (getattr(parser, "safe_load", None) or parser.loads)(p.read_text())
     except Exception as e:  # parse and decoding errors of any of the three formats
-        raise LesrcnnError(f"cannot parse {p}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
-    if not isinstance(raw, dict):
+        raise LesrcnnError(f"cannot parse {p}: {first_line(e)}") from None
+    if not isinstance(raw, dict | None):
         raise LesrcnnError(f"{p}: expected a table of keys")
-    o = make_options(raw, str(p))
-    return {k: getattr(o, k.replace("-", "_")) for k in (str(k).replace("-", "_") for k in raw)}
+    return _checked_keys(raw or {}, str(p))
 
-
-# --- command line ----------------------------------------------------------------------------------
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """``train``'s flags, generated from :class:`Options` (same names as the config keys)."""
@@ -164,24 +145,24 @@ def add_parser(sub) -> argparse.ArgumentParser:
     from .cli import device_arg
 
     for f in fields(Options):
-        typ, meta, flag = _TYPES[f.name], f.metadata, f"--{f.name.replace('_', '-')}"
-        d = _default(f)
-        helptext = f"{meta['help']} (default: {d if d not in ('', []) else 'none'})".replace("%", "%%")
+        typ, flag = _TYPES[f.name], f"--{f.name.replace('_', '-')}"
+        d = f.default_factory() if f.default is MISSING else f.default
+        helptext = f"{f.metadata['help']} (default: {d if d not in ('', []) else 'none'})".replace("%", "%%")
         if typ is bool:
             p.add_argument(flag, action="store_true", default=None, help=helptext)
         elif typ == list[str]:
             p.add_argument(flag, action="append", metavar="DIR", help=helptext)
+        elif f.name == "device":  # -g: as the ncnn upscalers take it
+            p.add_argument(flag, "-g", type=device_arg, default=None, help=helptext)
         else:
-            flags = (flag, "-g") if f.name == "device" else (flag,)  # -g: as the ncnn upscalers take it
-            conv = device_arg if f.name == "device" else typ
-            p.add_argument(*flags, type=conv, choices=meta["choices"], default=None, help=helptext)
+            p.add_argument(flag, type=typ, choices=f.metadata["choices"], default=None, help=helptext)
     p.set_defaults(func=main)
     return p
 
 
 def main(args: argparse.Namespace) -> int:
     raw = load_config(args.config) if args.config else {}
-    raw |= {f.name: getattr(args, f.name) for f in fields(Options) if getattr(args, f.name, None) is not None}
+    raw |= {k: getattr(args, k) for k in _FIELDS if getattr(args, k, None) is not None}
     run(make_options(raw), resume=args.resume)
     return 0
 

@@ -1,6 +1,8 @@
 """Inference: device choice, the one tiler (bounded memory, tiled == untiled), the ``Upscaler`` API."""
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import os
 import sys
@@ -22,54 +24,47 @@ from .model import LESRCNN, check_scale
 # Peak bytes of activations per LR pixel of a tile, per scale (fp32, measured with margin).
 _BYTES_PER_LR_PIXEL = {2: 6_000, 3: 12_000, 4: 20_000}
 Box = tuple[int, int, int, int]
+Progress = Callable[[int, int], None] | None  # (tiles done, tiles in all)
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
+QUANTIZE = ("truncate", "round")
+MIN_TILE = 16
 
 
 def pick_device(spec: str | torch.device = "auto") -> torch.device:
     """The one device picker: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:N", "mps"."""
     spec = str(spec).strip().lower()
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    mps = torch.backends.mps.is_available()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     try:
         dev = torch.device(spec)
     except RuntimeError:
-        raise LesrcnnError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {spec!r}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LesrcnnError(f"--device {spec}: no CUDA device is available")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise LesrcnnError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps" and not mps:
-        raise LesrcnnError(f"--device {spec}: MPS is not available")
-    elif dev.type not in ("cpu", "cuda", "mps"):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
         raise LesrcnnError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {spec!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LesrcnnError(f"--device {spec}: no CUDA device is available")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise LesrcnnError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not mps:
+        raise LesrcnnError(f"--device {spec}: MPS is not available")
     return dev
 
 
-def prepare(model: LESRCNN, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LESRCNN:
-    """Eval mode, channels-last (the fast layout for these 3x3 convolutions on CPU and GPU); on
-    CPU the allocator keeps activation buffers for reuse (:func:`tune_cpu_allocator`)."""
+def prepare(model: LESRCNN, device: torch.device | str = "cpu",
+            dtype: torch.dtype = torch.float32) -> LESRCNN:
+    """Eval mode, channels-last (the fast layout for these 3x3 convolutions on CPU and GPU)."""
     model = model.eval().to(device=device, dtype=dtype)
     if torch.device(device).type == "cpu":
         tune_cpu_allocator()
     return model.to(memory_format=torch.channels_last)
 
 
-_ALLOCATOR = {"tuned": None}
-
-
+@functools.cache
 def tune_cpu_allocator() -> bool:
-    """Make glibc keep freed activation buffers instead of unmapping them.
-
-    Each layer's output (64 MB for a 512x512x64 float32 map) is above glibc's mmap threshold, so
-    by default every allocation is a fresh mapping whose pages are faulted in and zeroed by the
-    kernel, and every free unmaps it: ~15% of the CPU inference time (more in VMs). Raising the
-    mmap and trim thresholds (mallopt) serves them from the heap and reuses the memory for the
-    next layer and image, like ONNX Runtime's arena; the process keeps its peak heap in exchange.
-    Process-wide, once; glibc only; ``LESRCNN_MALLOC_TUNING=0`` disables it."""
-    if _ALLOCATOR["tuned"] is not None:
-        return bool(_ALLOCATOR["tuned"])
-    _ALLOCATOR["tuned"] = False
+    """Make glibc keep freed activation buffers (64 MB a layer for a 512x512 tile, above its mmap
+    threshold) for reuse instead of unmapping them and faulting fresh zeroed pages in for the next
+    layer: ~15% of CPU inference time. Process-wide, once; ``LESRCNN_MALLOC_TUNING=0`` disables it."""
     if os.environ.get("LESRCNN_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
@@ -77,109 +72,82 @@ def tune_cpu_allocator() -> bool:
 
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
-        _ALLOCATOR["tuned"] = bool(ok)
-    except (OSError, AttributeError):
-        pass
-    return bool(_ALLOCATOR["tuned"])
-
-
-def default_overlap(model: LESRCNN) -> int:
-    return model.receptive_margin() + 2
+        return libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 def available_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        return int(torch.cuda.mem_get_info(device)[0])
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
         pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
+    except (ValueError, OSError):
         return 4 << 30
 
 
-def auto_tile(scale: int, device: torch.device, dtype: torch.dtype = torch.float32, budget_fraction: float = 0.25,
-              max_tile: int = 1024) -> int:
-    """Largest square LR tile whose activations fit a fraction of the free memory."""
+def _tile_pixels(scale: int, device: torch.device, dtype: torch.dtype) -> float:
+    """LR pixels of tiles whose activations fit a quarter of the free memory (at most 4 GiB)."""
     per_px = _BYTES_PER_LR_PIXEL[scale] * (2 if dtype == torch.float32 else 1) // 2
-    budget = min(available_memory_bytes(device) * budget_fraction, 4 << 30)
-    side = int(math.sqrt(budget / per_px))
-    return max(64, min(max_tile, side // 16 * 16))
+    return min(available_memory_bytes(device) * 0.25, 4 << 30) / per_px
+
+
+def auto_tile(scale: int, device: torch.device, dtype: torch.dtype = torch.float32) -> int:
+    """Largest square LR tile (64..1024, a multiple of 16) whose activations fit the budget."""
+    return max(64, min(1024, int(math.sqrt(_tile_pixels(scale, device, dtype))) // 16 * 16))
 
 
 # --- the one tiler ---------------------------------------------------------------------------------
 
 def plan_tiles(h: int, w: int, tile: int, overlap: int) -> list[tuple[Box, Box]]:
-    """LR tiles as (core (y0, y1, x0, x1), padded (py0, py1, px0, px1)), row-major.
-
-    Cores split the image into ceil(h/tile) x ceil(w/tile) nearly equal parts (no thin leftover
-    tile); each is padded by ``overlap`` pixels of real image on each side, cut at the border
-    (never padded), so with an overlap of at least the receptive margin each output pixel sees
-    exactly the context it sees untiled. ``tile`` <= 0 means one tile: the whole image.
-    """
+    """LR tiles as (core (y0, y1, x0, x1), padded (py0, py1, px0, px1)), row-major; ``tile`` <= 0:
+    the whole image. Cores split the image into nearly equal parts (no thin leftover); each is
+    padded by ``overlap`` pixels of real image, cut at the border (never padded), so with an overlap
+    of at least the receptive margin each output pixel sees exactly its untiled context."""
     if tile <= 0:
         return [((0, h, 0, w), (0, h, 0, w))]
     ny, nx = -(-h // tile), -(-w // tile)
     ys = [round(i * h / ny) for i in range(ny + 1)]
     xs = [round(j * w / nx) for j in range(nx + 1)]
-    out = []
-    for i in range(ny):
-        for j in range(nx):
-            y0, y1, x0, x1 = ys[i], ys[i + 1], xs[j], xs[j + 1]
-            out.append(((y0, y1, x0, x1), (max(0, y0 - overlap), min(h, y1 + overlap),
-                                            max(0, x0 - overlap), min(w, x1 + overlap))))
-    return out
-
-
-def _batches(plan: list[tuple[Box, Box]], batch: int):
-    """Consecutive tiles with the same padded shape, at most ``batch`` at a time."""
-    group: list = []
-    for core, pad in plan:
-        if group and (len(group) >= batch or _shape(pad) != _shape(group[0][1])):
-            yield group
-            group = []
-        group.append((core, pad))
-    if group:
-        yield group
-
-
-def _shape(b: Box) -> tuple[int, int]:
-    return b[1] - b[0], b[3] - b[2]
+    return [((y0, y1, x0, x1),
+             (max(0, y0 - overlap), min(h, y1 + overlap), max(0, x0 - overlap), min(w, x1 + overlap)))
+            for y0, y1 in zip(ys, ys[1:]) for x0, x1 in zip(xs, xs[1:])]
 
 
 def tiled_apply(h: int, w: int, scale: int, tile: int, overlap: int, batch: int,
                 fetch: Callable[[list[Box]], torch.Tensor], infer: Callable[[torch.Tensor], torch.Tensor],
-                store: Callable[[Box, torch.Tensor], None], progress: Callable[[int, int], None] | None = None) -> None:
-    """Run ``infer`` over the tiles of an h x w LR image: ``fetch`` makes the NCHW batch of the
-    padded boxes, ``store`` receives each core box and its CHW SR crop."""
+                store: Callable[[Box, torch.Tensor], None], progress: Progress = None) -> None:
+    """Run ``infer`` over the tiles of an h x w LR image, up to ``batch`` consecutive tiles of one
+    padded shape at a time: ``fetch`` makes the NCHW batch of the padded boxes, ``store`` receives
+    each core box and its CHW SR crop."""
     plan = plan_tiles(h, w, tile, overlap)
     done = 0
-    for chunk in _batches(plan, batch):
-        y = infer(fetch([pad for _, pad in chunk]))
-        for j, ((y0, y1, x0, x1), (py0, _, px0, _)) in enumerate(chunk):
-            oy, ox = (y0 - py0) * scale, (x0 - px0) * scale
-            store((y0, y1, x0, x1), y[j, :, oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale])
-        done += len(chunk)
-        if progress is not None:
-            progress(done, len(plan))
+    for _, same in itertools.groupby(plan, key=lambda t: (t[1][1] - t[1][0], t[1][3] - t[1][2])):
+        same = list(same)
+        for chunk in (same[k:k + batch] for k in range(0, len(same), batch)):
+            y = infer(fetch([pad for _, pad in chunk]))
+            for j, ((y0, y1, x0, x1), (py0, _, px0, _)) in enumerate(chunk):
+                oy, ox = (y0 - py0) * scale, (x0 - px0) * scale
+                store((y0, y1, x0, x1), y[j, :, oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale])
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(plan))
 
 
 @torch.inference_mode()
 def forward_tiled(model: Callable, x: torch.Tensor, scale: int, tile: int = 0, overlap: int | None = None,
-                  batch: int = 4, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                  batch: int = 4, progress: Progress = None) -> torch.Tensor:
     """SR of an NCHW batch ``x`` with ``model(x, scale)`` (a network or an engine), tiled in LR
     space when ``tile`` > 0. Output is float, on ``x``'s device, unclamped."""
     n, c, h, w = x.shape
     if tile <= 0 or (h <= tile and w <= tile):
         return model(x.contiguous(memory_format=torch.channels_last), scale)
-    overlap = default_overlap(model) if overlap is None else overlap
+    overlap = model.receptive_margin() + 2 if overlap is None else overlap
     out = torch.empty((n, c, h * scale, w * scale), dtype=x.dtype, device=x.device)
     for i in range(n):
         img = x[i:i + 1]
@@ -194,17 +162,9 @@ def forward_tiled(model: Callable, x: torch.Tensor, scale: int, tile: int = 0, o
     return out
 
 
-# --- the Upscaler API ------------------------------------------------------------------------------
-#
-# Everything below works on LR tiles cut from the image (numpy, uint8/uint16/float32), runs them
-# through an inference engine (lesrcnn.backends) in batches, and writes each tile's core straight
-# into the preallocated output (quantised as it goes), so peak memory is the input + the output
-# + one batch of activations, whatever the image size.
-
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
-QUANTIZE = ("truncate", "round")
-MIN_TILE = 16
-
+# --- the Upscaler API: LR tiles cut from the image (numpy) go through an inference engine
+# (lesrcnn.backends) in batches, and each tile's core is written, quantised, straight into the
+# preallocated output: peak memory is the input + the output + one batch of activations.
 
 def _dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
     """The 8 flips/rotations of the self-ensemble (k = 0..7) on NCHW, or their inverses."""
@@ -222,29 +182,21 @@ def _quantizer(dtype: np.dtype, quantize: str):
     if dtype == np.uint8:
         return lambda a: to_uint8(a, quantize)  # the paper's / eval's conversion, bit for bit
     if dtype == np.uint16:
-        return lambda a: np.floor(np.clip(a, 0.0, 1.0) * np.float32(65535) + np.float32(0.5)).astype(np.uint16)
+        return lambda a: np.floor(np.clip(a, 0.0, 1.0) * np.float32(65535) + np.float32(0.5)).astype(dtype)
     return lambda a: np.clip(a, 0.0, 1.0).astype(dtype, copy=False)
 
 
 class Upscaler:
     """Upscale images with LESRCNN: loads the model once, then ``upscale`` / ``upscale_file``.
 
-    >>> up = Upscaler(scale=2, weights="my.safetensors")      # or an official .pth
-    >>> big = up.upscale(Image.open("photo.jpg"))              # PIL in, PIL out
-    >>> up.upscale_file("scan.tif", "scan_x2.tif")
-
-    ``weights``: None (the embedded weights), a registry name, a file of ours, an official
-    ``.pth``, a :class:`~lesrcnn.weights.Checkpoint`, or (backend onnx/openvino) an ``.onnx`` file.
-    ``backend``: "auto" (the fastest installed for the device, :mod:`lesrcnn.backends`), "torch",
-    "onnx" or "openvino". ``precision``: fp32; fp16/bf16 on CUDA only (fp32 elsewhere, with a
-    warning; a batch whose half-precision output holds NaN/Inf is recomputed in fp32); int8 on
-    the CPU (OpenVINO or ONNX Runtime; built once per weights and cached). ``threads``: CPU
-    threads of the onnx/openvino runtimes (default: torch's). ``tile``: LR tile side; None
-    chooses from free memory, 0 disables tiling. ``overlap``: LR context around each tile
-    (default: the receptive margin + 2, so tiled == untiled). ``quantize``: how float output
-    becomes 8-bit: "truncate" (default; the released code's and ``lesrcnn eval``'s conversion)
-    or "round" (about +0.05 dB). 16-bit output is always rounded. Gray images run as R=G=B and
-    come back as BT.601 luma. An output that would hold NaN/Inf is refused (LesrcnnError).
+    ``weights``: None (embedded), a registry name, a file of ours, an official ``.pth``, a
+    :class:`~lesrcnn.weights.Checkpoint`, or (onnx/openvino backends) an ``.onnx`` file. fp16/bf16
+    run on CUDA only (fp32 elsewhere, with a warning; a batch whose output overflows is redone in
+    fp32), int8 on the CPU. ``tile``: LR tile side (None: from free memory, 0: no tiling);
+    ``overlap`` defaults to the receptive margin + 2, so tiled == untiled. ``quantize``: "truncate"
+    (the released code's and ``lesrcnn eval``'s 8-bit conversion) or "round" (about +0.05 dB).
+    ``threads``: CPU threads of the onnx/openvino runtimes. Gray images run as R=G=B and come back
+    as BT.601 luma; NaN/Inf output is refused.
     """
 
     def __init__(self, scale: int = 2, weights=None, device: str = "auto", *, precision: str = "fp32",
@@ -273,29 +225,23 @@ class Upscaler:
         self.precision = self._resolve_precision(precision)
         if self.device.type == "cpu":
             tune_cpu_allocator()
-        self.engine = backends.create(None if self.checkpoint is None else self.checkpoint.model, backend,
-                                      self.precision, self.device, threads, (self.scale,), onnx_file, progress)
+        model = None if self.checkpoint is None else self.checkpoint.model
+        self.engine = backends.create(model, backend, self.precision, self.device, threads, (self.scale,),
+                                      onnx_file, progress)
         if self.scale not in self.engine.scales:
-            raise LesrcnnError(f"{onnx_file} is a x{self.engine.scales[0]} model; it cannot upscale x{self.scale}")
+            raise LesrcnnError(f"{onnx_file} is a x{self.engine.scales[0]} model; "
+                               f"it cannot upscale x{self.scale}")
         self.backend, self.dtype = self.engine.name, PRECISIONS[self.precision]
-        self._configure_tiles(tile, overlap, batch)
-
-    # --- configuration ------------------------------------------------------------------------
-
-    def _configure_tiles(self, tile: int | None, overlap: int | None, batch: int | None) -> None:
         margin = self.engine.receptive_margin()
         self.overlap = margin + 2 if overlap is None else int(overlap)
         if self.overlap < 0:
             raise LesrcnnError(f"tile overlap must be >= 0, got {self.overlap}")
         if self.overlap < margin:
             warnings.warn(f"tile overlap {self.overlap} is below the network's receptive margin ({margin} LR "
-                          f"pixels): tile seams may show", ImageWarning, stacklevel=3)
-        if tile is None:
-            self.tile = auto_tile(self.scale, self.device, self.dtype)
-        else:
-            self.tile = int(tile)
-            if self.tile < 0 or 0 < self.tile < MIN_TILE:
-                raise LesrcnnError(f"tile must be 0 (no tiling) or at least {MIN_TILE} LR pixels, got {tile}")
+                          f"pixels): tile seams may show", ImageWarning, stacklevel=2)
+        self.tile = auto_tile(self.scale, self.device, self.dtype) if tile is None else int(tile)
+        if self.tile < 0 or 0 < self.tile < MIN_TILE:
+            raise LesrcnnError(f"tile must be 0 (no tiling) or at least {MIN_TILE} LR pixels, got {tile}")
         self.batch = self._auto_batch() if batch is None else max(1, int(batch))
 
     def _resolve_precision(self, precision: str) -> str:
@@ -311,32 +257,28 @@ class Upscaler:
         return "fp32"
 
     def _auto_batch(self) -> int:
-        """Tiles per forward pass. GPU: as many as fit the memory budget auto_tile uses (1..8).
-        CPU: batching buys nothing once a tile fills the cores, so only small tiles are grouped,
-        up to about one 256x256 tile's worth (memory then stays what --tile asked for)."""
+        """Tiles per forward pass. GPU: as many as fit the memory budget (1..8). CPU: batching buys
+        nothing once a tile fills the cores, so only small tiles are grouped, up to about one
+        256x256 tile's worth (memory then stays what --tile asked for)."""
         if self.tile <= 0:
             return 1
         side = self.tile + 2 * self.overlap
         if self.device.type == "cpu":
             return int(max(1, min(8, (256 * 256) // (side * side))))
-        per_px = _BYTES_PER_LR_PIXEL[self.scale] * (2 if self.dtype == torch.float32 else 1) // 2
-        budget = min(available_memory_bytes(self.device) * 0.25, 4 << 30)
-        return int(max(1, min(8, budget // (side * side * per_px))))
+        return int(max(1, min(8, _tile_pixels(self.scale, self.device, self.dtype) // (side * side))))
 
     def __repr__(self) -> str:
         src = self.checkpoint.source if self.checkpoint is not None else "onnx"
         return (f"Upscaler(scale={self.scale}, weights={src!r}, device={self.device.type!r}, "
-                f"precision={self.precision!r}, tile={self.tile}, overlap={self.overlap}, backend={self.backend!r}, "
-                f"self_ensemble={self.self_ensemble})")
-
-    # --- the network on a batch of LR tiles ----------------------------------------------------
+                f"precision={self.precision!r}, tile={self.tile}, overlap={self.overlap}, "
+                f"backend={self.backend!r}, self_ensemble={self.self_ensemble})")
 
     def _forward_once(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW float32 host tensor in [0, 1] -> NCHW float32 host SR (unclamped, finite)."""
         y = self.engine(x, self.scale).float().cpu()
         if not bool(torch.isfinite(y).all()):
-            raise LesrcnnError(f"the network's output holds NaN or Inf ({self.backend} backend, {self.precision}): "
-                               "the weights are broken")
+            raise LesrcnnError(f"the network's output holds NaN or Inf ({self.backend} backend, "
+                               f"{self.precision}): the weights are broken")
         return y
 
     @torch.inference_mode()
@@ -349,11 +291,9 @@ class Upscaler:
             acc = y if acc is None else acc.add_(y)
         return acc.div_(8)
 
-    def run(self, src: np.ndarray, out_dtype=None, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    def run(self, src: np.ndarray, out_dtype=None, progress: Progress = None) -> np.ndarray:
         """HxWxC colour planes (C = 1 gray or 3 RGB; uint8, uint16 or float in [0, 1]) ->
         (sH)x(sW)xC in ``out_dtype`` (default: the input's; float output is float32 clipped to [0, 1])."""
-        if src.ndim != 3 or src.shape[2] not in (1, 3):
-            raise LesrcnnError(f"expected HxWx1 or HxWx3 colour planes, got shape {src.shape}")
         h, w, c = src.shape
         if h == 0 or w == 0:
             raise LesrcnnError("zero-size image")
@@ -378,14 +318,10 @@ class Upscaler:
         tiled_apply(h, w, s, self.tile, self.overlap, self.batch, fetch, self._infer, store, progress)
         return out
 
-    # --- pictures, arrays, images, files ---------------------------------------------------------
-
     def upscale_picture(self, pic: Picture, bits: int | None = None, progress=None) -> Picture:
-        """A :class:`lesrcnn.io.Picture` -> the upscaled Picture, metadata kept (DPI scaled).
-
+        """A :class:`lesrcnn.io.Picture` -> the upscaled Picture, metadata kept (DPI scaled);
         ``bits``: 8 or 16 for integer output (default: the input's kind)."""
-        out_dtype = {8: np.uint8, 16: np.uint16, None: None}.get(bits, np.float32)
-        color = self.run(pic.color, out_dtype, progress)
+        color = self.run(pic.color, {8: np.uint8, 16: np.uint16, None: None}.get(bits, np.float32), progress)
         alpha = None if pic.alpha is None else resize_alpha(pic.alpha, self.scale, color.dtype)
         dpi = None if pic.dpi is None else tuple(_tidy(d * self.scale) for d in pic.dpi)
         return replace(pic, color=color, alpha=alpha, dpi=dpi)
@@ -403,17 +339,14 @@ class Upscaler:
                               f"(divide 8-bit data by 255)", ImageWarning, stacklevel=3)
         elif a.dtype not in (np.uint8, np.uint16):
             raise LesrcnnError(f"arrays must be uint8, uint16 or float in [0, 1], got {a.dtype}")
-        squeeze = a.ndim == 2
-        if squeeze:
-            a = a[..., None]
+        a = a[..., None] if a.ndim == 2 else a
         if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
             raise LesrcnnError(f"arrays must be HxW or HxWxC with C in 1..4, got shape {np.shape(arr)}")
         nc = 1 if a.shape[2] <= 2 else 3
-        color = self.run(np.ascontiguousarray(a[..., :nc]), progress=progress)
-        if a.shape[2] in (2, 4):
-            alpha = resize_alpha(a[..., nc], self.scale, color.dtype)
-            color = np.concatenate([color, alpha[..., None]], axis=2)
-        return color[..., 0] if squeeze else color
+        alpha = a[..., nc] if nc < a.shape[2] else None
+        pic = self.upscale_picture(Picture(np.ascontiguousarray(a[..., :nc]), alpha), progress=progress)
+        out = pic.color if pic.alpha is None else np.concatenate([pic.color, pic.alpha[..., None]], axis=2)
+        return out[..., 0] if np.ndim(arr) == 2 else out
 
     def upscale(self, img, progress=None):
         """Upscale a PIL image, a numpy array (HxW / HxWxC; uint8, uint16 or float in [0, 1]) or a
@@ -427,7 +360,8 @@ class Upscaler:
 
         if isinstance(img, Image.Image):
             return picture_to_pil(self.upscale_picture(picture_from_pil(img), progress=progress))
-        raise TypeError(f"upscale() takes a PIL image, a numpy array or a torch tensor, not {type(img).__name__}")
+        raise TypeError(f"upscale() takes a PIL image, a numpy array or a torch tensor, "
+                        f"not {type(img).__name__}")
 
     def _upscale_tensor(self, t: torch.Tensor, progress=None) -> torch.Tensor:
         if t.dtype not in (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64):
@@ -476,13 +410,11 @@ def resize_alpha(alpha: np.ndarray, scale: int, out_dtype) -> np.ndarray:
     """Alpha plane HxW -> (sH)x(sW), bicubic (Pillow), in ``out_dtype`` (uint8, uint16 or float32)."""
     from PIL import Image
 
-    h, w = alpha.shape
-    size = (w * scale, h * scale)
-    src_max, dst_max = max_value(alpha.dtype), max_value(out_dtype)
+    size = (alpha.shape[1] * scale, alpha.shape[0] * scale)
     if alpha.dtype == np.uint8 and np.dtype(out_dtype) == np.uint8:  # mode L: 1 byte a pixel all the way
         return np.asarray(Image.fromarray(np.ascontiguousarray(alpha)).resize(size, Image.Resampling.BICUBIC))
-    a = Image.fromarray(np.ascontiguousarray(alpha, dtype=np.float32) / np.float32(src_max))
+    a = Image.fromarray(np.ascontiguousarray(alpha, dtype=np.float32) / np.float32(max_value(alpha.dtype)))
     r = np.clip(np.asarray(a.resize(size, Image.Resampling.BICUBIC)), 0.0, 1.0)
     if np.dtype(out_dtype).kind == "f":
         return r.astype(np.float32)
-    return np.floor(r * np.float32(dst_max) + np.float32(0.5)).astype(out_dtype)
+    return np.floor(r * np.float32(max_value(out_dtype)) + np.float32(0.5)).astype(out_dtype)

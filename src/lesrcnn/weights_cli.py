@@ -17,12 +17,18 @@ def add_info(sub) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts) instead of the summary")
     p.add_argument("--flops", action="store_true", help="also count MACs/FLOPs per block")
     p.add_argument("--size", default="256x256", help="LR input size HxW for --flops")
+    p.add_argument("--backends", action="store_true",
+                   help="instead: the inference backends installed and which one --backend auto picks, and why")
     p.set_defaults(func=run_info)
     return p
 
 
 def run_info(a) -> int:
     from . import weights as W
+
+    if a.backends:
+        print(json.dumps(backends_info(), indent=2) if a.json else "\n".join(backends_lines(backends_info())))
+        return 0
 
     ck = W.load(a.file)
     d = W.describe(ck)
@@ -37,6 +43,25 @@ def run_info(a) -> int:
         from .complexity import format_complexity
         print(format_complexity(d["complexity"]))
     return 0
+
+
+def backends_info() -> dict:
+    """Each backend's install status, and ``auto``'s pick on the CPU per precision with its rule."""
+    from .backends import AUTO_ORDER, BACKENDS, auto_report, installed
+
+    auto = {}
+    for prec in ("fp32", "int8"):
+        picked = next((n for n, st in auto_report(prec) if st == "picked"), None)
+        auto[prec] = {"picks": picked, "rule": "first installed of " + " > ".join(AUTO_ORDER[prec]) +
+                      " (fastest first, measured side by side by `lesrcnn bench`)"}
+    return {"installed": {n: installed(n) or "installed" for n in BACKENDS if n != "auto"}, "auto": auto}
+
+
+def backends_lines(d: dict) -> list[str]:
+    rows = [(f"backend {n}", st) for n, st in d["installed"].items()]
+    rows += [(f"auto {p} (cpu)", f"{v['picks'] or 'nothing'}: {v['rule']}") for p, v in d["auto"].items()]
+    width = max(len(k) for k, _ in rows) + 2
+    return [f"{k:<{width}}{v}" for k, v in rows]
 
 
 def summary_lines(d: dict) -> list[str]:

@@ -1,70 +1,43 @@
-"""Glue for the places users already are: spandrel (ComfyUI, chaiNNer), torch.hub, the web
-server (:mod:`lesrcnn.serve`) and Ray (:mod:`lesrcnn.ray`).
-
-The helpers here are shared by all of them: which embedded weight sets exist ("default", and
-"real" once the real-photo weights ship), and how a multi-scale LESRCNN-S becomes a plain
-single-scale module (``model(x)``, no scale argument) for hosts that expect one scale per model.
-"""
+"""What the integrations share (spandrel, torch.hub, :mod:`lesrcnn.serve`, :mod:`lesrcnn.ray`):
+the weight sets offered by name, and a multi-scale LESRCNN-S cut to one scale for hosts that
+expect one scale per model."""
 from __future__ import annotations
-
-from importlib import resources
-from pathlib import Path
 
 from ..errors import LesrcnnError
 
-#: The weight sets offered by name: "default" (the embedded LESRCNN-S trained on bicubic LR)
-#: and "real" (LESRCNN-S trained on real-photo degradations; present only where it is shipped).
-REAL_FILE = "lesrcnn_s_real.safetensors"
-WEIGHT_SETS = ("default", "real")
+REAL_FILE = "lesrcnn_s_real.safetensors"  # the "real" set: trained on real-photo degradations
 
 
-def _pretrained_dir() -> Path:
-    return Path(str(resources.files("lesrcnn") / "pretrained"))
-
-
-def resolve_weights(name: str):
-    """A weight-set name ("default", "real") -> what :func:`lesrcnn.weights.load` takes.
-
-    Other strings pass through unchanged (a registry name or a file path)."""
+def resolve_weights(name: str | None):
+    """A weight-set name ("default", "real") -> what :func:`lesrcnn.weights.load` takes; other
+    strings (a registry name, a file) pass through."""
     from .. import weights as W
 
     if name in (None, "default"):
         return W.DEFAULT_WEIGHTS
-    if name == "real":
-        for reg, info in W.PRETRAINED.items():
-            if info.get("file") == REAL_FILE:
-                return reg  # registered: loaded with its sha256 check
-        path = _pretrained_dir() / REAL_FILE
-        if path.is_file():
-            return str(path)
+    if name == "real" and not W.embedded_path("real").is_file():
         raise LesrcnnError(f"the real-photo weights ({REAL_FILE}) are not in this copy of lesrcnn; "
                            f"use the 'default' weights or pass a checkpoint file")
     return name
 
 
 def available_weight_sets() -> list[str]:
-    """The named sets that load here (always "default"; "real" where it ships)."""
-    out = []
-    for name in WEIGHT_SETS:
-        try:
-            resolve_weights(name)
-            out.append(name)
-        except LesrcnnError:
-            pass
-    return out
+    """The named sets that load here: "default", and "real" where it ships."""
+    from .. import weights as W
+
+    return ["default", "real"] if W.embedded_path("real").is_file() else ["default"]
 
 
 def single_scale(model, scale: int):
-    """The x``scale`` network of a (multi-scale) LESRCNN as its own single-scale module: same
-    weights (the shared body and that scale's upsampler), called as ``model(x)``."""
+    """The x``scale`` network of a (multi-scale) LESRCNN as its own module, called as ``model(x)``:
+    the shared body and that scale's upsampler."""
     from ..model import LESRCNN, check_scale
 
-    scale = check_scale(scale, tuple(model.scales))
-    if tuple(model.scales) == (scale,):
+    scale = check_scale(scale, model.scales)
+    if model.scales == (scale,):
         return model
-    mean = tuple(float(m) for m in model.mean.flatten().tolist())
-    one = LESRCNN(scales=(scale,), variant=model.variant, mean=mean, features=model.features)
-    sd = {k: v for k, v in model.state_dict().items()
-          if not k.startswith("upsample.") or k.startswith(f"upsample.x{scale}.")}
-    one.load_state_dict(sd)
-    return one.to(next(model.parameters()).device).train(model.training)
+    one = LESRCNN(scales=(scale,), variant=model.variant, mean=tuple(model.mean.flatten().tolist()),
+                  features=model.features)
+    one.load_state_dict({k: v for k, v in model.state_dict().items()
+                         if not k.startswith("upsample.") or k.startswith(f"upsample.x{scale}.")})
+    return one.to(model.mean.device).train(model.training)
