@@ -60,7 +60,7 @@ def main() -> None:
     sh = shared_dir(a.shared)
     print(f"# INT8 = what `--precision int8` runs, recipe {INT8_RECIPE}: percentile ranges on {INT8_PATCHES} built-in "
           f"synthetic dead-leaves LR patches, cross-layer equalisation, static QDQ (u8 activations, s8 per-channel "
-          f"weights) of the convolutions of {'+'.join(INT8_MODULES)} (the IEEB; the rest float); fp32 and INT8 both in "
+          f"weights) of the IEEB ({'+'.join(INT8_MODULES)} convolutions and the Adds/ReLUs between them; the rest float); fp32 and INT8 both in "
           f"{a.backend}; Y channel, border = scale, truncation")
     print(f"{'weights':<9} {'dataset':<7} {'scale':>5} {'fp32 PSNR':>10} {'INT8 PSNR':>10} {'dPSNR':>7} "
           f"{'fp32 SSIM':>10} {'INT8 SSIM':>10}", flush=True)
