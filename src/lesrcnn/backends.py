@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import LesrcnnError
+from .errors import LesrcnnError, first_line
 from .model import LESRCNN, check_scale, fuse_rb
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")
@@ -182,15 +182,11 @@ def _onnx_file_scale(path: str | os.PathLike) -> int:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise LesrcnnError(f"{path}: not a readable ONNX model ({_first_line(e)[:160]})") from None
+        raise LesrcnnError(f"{path}: not a readable ONNX model ({first_line(e)[:160]})") from None
     s = model_scale(proto)
     if s is None:
         raise LesrcnnError(f"{path}: no 'scale' in the model's metadata (export it with `lesrcnn export`)")
     return s
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip() or type(e).__name__).splitlines()[0]
 
 
 def ort_session(model, threads: int | None = None, spin: bool = True):
@@ -210,7 +206,7 @@ def ort_session(model, threads: int | None = None, spin: bool = True):
     try:
         return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
-        raise LesrcnnError(f"ONNX Runtime cannot load the model: {_first_line(e)[:240]}") from None
+        raise LesrcnnError(f"ONNX Runtime cannot load the model: {first_line(e)[:240]}") from None
 
 
 def ort_runner(src: bytes, threads: int | None = None, spin: bool = True) -> Callable[[np.ndarray], np.ndarray]:
@@ -229,7 +225,7 @@ def openvino_runner(src: bytes, threads: int | None = None) -> Callable[[np.ndar
     try:
         request = core.compile_model(core.read_model(src, b""), "CPU", config).create_infer_request()
     except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
-        raise LesrcnnError(f"OpenVINO cannot load the model: {_first_line(e)[:240]}") from None
+        raise LesrcnnError(f"OpenVINO cannot load the model: {first_line(e)[:240]}") from None
 
     def run(x: np.ndarray) -> np.ndarray:
         request.infer({0: x}, share_inputs=True)
