@@ -15,12 +15,10 @@ def lesrcnn(scale=2, weights="default", pretrained=True):
     ``model(x, scale)``). weights: "default", "real" (trained on real-photo degradations) or a
     checkpoint file (ours or the authors' .pth). pretrained=False: the untrained network."""
     from lesrcnn import weights as W
-    from lesrcnn.integrations import resolve_weights, single_scale
-    from lesrcnn.model import SCALES, build, check_scale
+    from lesrcnn.integrations import single_scale
+    from lesrcnn.model import build
 
-    multi = scale == "multi"
-    scale = None if multi else check_scale(scale)
     if not pretrained:
-        return build(SCALES if multi else scale).eval()
-    model = W.load(resolve_weights(weights), scale).model
-    return (model if multi else single_scale(model, scale)).eval()
+        return build(scale).eval()
+    model = W.load(None if weights == "default" else weights).model
+    return (model if scale == "multi" else single_scale(model, scale)).eval()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# CUDA rows of `lesrcnn bench` (fp32 with TF32 off, bf16, fp16; device-synchronised) and the CUDA
-# correctness test. Writes to ${OUT:-benchmarks/results}. Usage: bash benchmarks/gpu_bench.sh
+# CUDA rows (benchmarks/gpu_bench.py: fp32 with TF32 off, bf16, fp16; device-synchronised) and the
+# CUDA correctness test. Writes to ${OUT:-benchmarks/results}. Usage: bash benchmarks/gpu_bench.sh
 set -u
 OUT=${OUT:-benchmarks/results}
 mkdir -p "$OUT"
@@ -11,8 +11,8 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 } > "$OUT/gpu_env.txt" 2>&1
 cat "$OUT/gpu_env.txt"
 python -c "import numpy, PIL, tqdm, safetensors" 2>/dev/null || pip install -q numpy pillow tqdm safetensors 2>&1 | tail -1
-timeout 420 python -m lesrcnn bench --scales 2,3,4 --sizes 256,512,1024 --backends cuda-fp32,cuda-bf16,cuda-fp16 \
-  --repeat 20 --warmup 5 --json > "$OUT/bench_gpu.json" 2> "$OUT/bench_gpu.log"
+timeout 420 python benchmarks/gpu_bench.py --scales 2,3,4 --sizes 256,512,1024 --repeat 20 --warmup 5 \
+  > "$OUT/bench_gpu.json" 2> "$OUT/bench_gpu.log"
 echo "bench rc=$?"
 python - "$OUT/bench_gpu.json" <<'PY' | tee "$OUT/bench_gpu.txt"
 import json, sys

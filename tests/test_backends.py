@@ -131,7 +131,7 @@ def test_runtime_is_compiled_once_per_weights_content(wfile):
         pytest.skip("no onnx/openvino runtime installed")
     a = Upscaler(3, wfile, device="cpu", backend=RUNTIMES[0], tile=0)
     b = Upscaler(3, W.load(wfile), device="cpu", backend=RUNTIMES[0], tile=0)  # another object, same weights
-    assert a.engine._runner(3) is b.engine._runner(3)
+    assert a.engine.runner(3) is b.engine.runner(3)
     m = W.load(wfile).model
     with torch.no_grad():
         m.tail.weight.mul_(0.5)

@@ -1,6 +1,4 @@
 """MAC/parameter counting (issue 4): the spec's figures, a hook-based cross-check, the report, the CLI."""
-from types import SimpleNamespace
-
 import pytest
 import torch
 from torch import nn
@@ -84,8 +82,7 @@ def test_parse_size():
 
 
 def test_report_lists_every_variant_and_the_paper():
-    ck = SimpleNamespace(model=build("multi"))
-    d = complexity_report(ck, "32x48")
+    d = complexity_report(build("multi"), "32x48")
     assert d["input"] == [32, 48] and [c["scale"] for c in d["scales"]] == [2, 3, 4]
     x4 = d["scales"][2]
     assert x4["output"] == [128, 192]

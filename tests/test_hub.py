@@ -8,7 +8,6 @@ from conftest import REPO, natural_image
 
 from lesrcnn import weights as W
 from lesrcnn.errors import LesrcnnError
-from lesrcnn.integrations import REAL_FILE, available_weight_sets
 
 
 def _image(h: int = 24, w: int = 20) -> torch.Tensor:
@@ -38,15 +37,16 @@ def test_hub_multi_and_untrained():
         assert not torch.allclose(raw(x), multi(x, 2))
 
 
-def test_hub_real_weights_or_clear_error():
-    if "real" in available_weight_sets():
+def test_hub_real_weights_or_clear_error(monkeypatch):
+    if W.embedded_path("real").is_file():
         model = torch.hub.load(str(REPO), "lesrcnn", source="local", scale=4, weights="real")
         assert model.scales == (4,)
         with torch.no_grad():
             assert model(_image(8, 8)).shape == (1, 3, 32, 32)
-    else:
-        with pytest.raises(LesrcnnError, match=REAL_FILE):
-            torch.hub.load(str(REPO), "lesrcnn", source="local", scale=2, weights="real")
+    # a copy of lesrcnn without the real-photo file: one error that names it
+    monkeypatch.setitem(W.PRETRAINED, "real", dict(W.PRETRAINED["real"], file="absent_real.safetensors"))
+    with pytest.raises(LesrcnnError, match="absent_real.safetensors"):
+        torch.hub.load(str(REPO), "lesrcnn", source="local", scale=2, weights="real")
 
 
 def test_hub_bad_scale():

@@ -225,6 +225,7 @@ def test_config_file_and_flags(data, tmp_path):
     ('loss = "l3"\n', "loss must be one of"),
     ("data = [1]\n", "data must be a list"),
     ("steps = -1\n", "must be positive"),
+    ("ema = 1.5\n", "ema must be in"),
     ("steps = [", "cannot parse"),
 ])
 def test_config_schema_errors_name_the_key(tmp_path, text, contains):
@@ -268,6 +269,8 @@ def test_bad_inputs(data, tmp_path):
     fails("--resume", out=tmp_path / "x2run")
     fails("nothing to resume", out=tmp_path / "o3", resume=True)
     fails("fp16 needs a CUDA", precision="fp16", device="cpu")
+    fails("unknown variant", variant="nope", out=tmp_path / "o5")
+    assert not (tmp_path / "o5").exists()  # checked before anything is written
     r = run_cli("train", "--data", tmp_path / "empty", "--out", tmp_path / "o4")
     assert_one_line_error(r, contains="no images")
 

@@ -314,6 +314,21 @@ def test_cli_stdin_to_stdout(wfile, tmp_path):
     assert Image.open(io.BytesIO(r.stdout)).size == (22, 18)
 
 
+def test_cli_threads_reach_the_torch_backend(wfile, tmp_path):
+    """-j N also sets torch's threads (the torch backend), not only the ONNX/OpenVINO runtimes'."""
+    import subprocess
+
+    from conftest import REPO
+    f = _save(tmp_path / "t.png", natural_image(9, 11))
+    code = ("import sys, torch; from lesrcnn.cli import main; torch.set_num_threads(2); "
+            "rc = main(sys.argv[1:]); print(rc, torch.get_num_threads())")
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO / "src")}
+    r = subprocess.run([sys.executable, "-c", code, "upscale", str(f), "-o", str(tmp_path / "o.png"),
+                        "--weights", str(wfile), "--backend", "torch", "-j", "1", "-q"],
+                       capture_output=True, text=True, env=env)
+    assert r.stdout.split() == ["0", "1"], r.stderr
+
+
 @pytest.mark.parametrize("case", ["not-image", "truncated", "huge-header", "missing-weights", "wrong-scale",
                                   "bad-scale", "no-output-folder", "missing-input"])
 def test_cli_errors_are_one_line(wfile, tmp_path, case):

@@ -1,11 +1,9 @@
 """An opt-in fused oneDNN runner for CPU inference, built from a model: ``CpuAccelerator(model)``.
 
-Every convolution goes straight to oneDNN (``torch.ops.mkldnn._convolution_pointwise``, what
-torch.compile's CPU backend emits) on channels-last tensors with weights pre-packed per input
-shape, the elementwise work fused in (ReLUs, the residual adds accumulated in place, the RB as
-one upsampler pass via :func:`lesrcnn.model.fuse_rb`, the mean as the last conv's bias): the
-module's function up to float rounding (~1e-6), ~1.3x faster than channels-last eager PyTorch.
-The weights are copied when it is built: build a new one after changing them.
+Every convolution goes straight to oneDNN (what torch.compile's CPU backend emits) on channels-last
+tensors with weights pre-packed per input shape and the elementwise work fused in (ReLUs, residual
+adds in place, the RB via :func:`lesrcnn.model.fuse_rb`, the mean as the last conv's bias): the
+module's function to ~1e-6, ~1.3x faster than eager PyTorch. The weights are copied when it is built.
 """
 from __future__ import annotations
 
@@ -15,31 +13,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import LESRCNN, fuse_rb
+from .model import LESRCNN, fuse_rb, stages
 
 
 def available() -> bool:
-    """Whether this torch build has the fused oneDNN convolution ops."""
-    return bool(torch.backends.mkldnn.is_available()
-                and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-                and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
+    """Whether this torch build has oneDNN (its fused ops are in every torch >= 2.1 that has it)."""
+    return bool(torch.backends.mkldnn.is_available())
 
 
 class CpuAccelerator(nn.Module):
-    """``acc(x, scale)`` == ``model(x, scale)`` for float32 NCHW CPU input, without autograd; a
-    module holding the fused copy, so ``parameters()``, ``scales``, ``multiscale`` answer as the model's."""
+    """``acc(x, scale)`` == ``model(x, scale)`` for float32 NCHW CPU input, without autograd."""
 
     def __init__(self, model: LESRCNN):
         super().__init__()
         if not available():
             raise RuntimeError("this torch build has no fused oneDNN convolutions")
         self.model = fuse_rb(model).float().eval().cpu()
-        self.scales, self.v = self.model.scales, self.model.v
         self._pack = functools.lru_cache(maxsize=8)(self._pack_weights)  # tiles repeat a few shapes
-
-    @property
-    def multiscale(self) -> bool:
-        return self.model.multiscale
 
     def receptive_margin(self) -> int:
         return self.model.receptive_margin()
@@ -56,12 +46,9 @@ class CpuAccelerator(nn.Module):
         p: dict = {"head": pack(m.head, h, w), "body3": [pack(c, h, w) for c in m.body3],
                    "body1": [pack(c, h, w) for c in m.body1], "up": []}
         hh, ww = h, w
-        for layer in m.upsample[f"x{scale}"]:
-            if isinstance(layer, nn.Conv2d):
-                p["up"].append(("conv", pack(layer, hh, ww), layer.bias.detach()))
-            else:
-                p["up"].append(("shuffle", layer.upscale_factor, None))
-                hh, ww = hh * layer.upscale_factor, ww * layer.upscale_factor
+        for conv, r in zip(list(m.upsample[f"x{scale}"])[::2], stages(scale)):  # (conv, shuffle) stages
+            p["up"].append((pack(conv, hh, ww), conv.bias.detach(), r))
+            hh, ww = hh * r, ww * r
         p["irb"] = [pack(c, hh, ww) for c in m.irb]
         p["tail"] = pack(m.tail, hh, ww)
         p["mean"] = m.mean.detach().reshape(3).contiguous()
@@ -83,20 +70,17 @@ class CpuAccelerator(nn.Module):
         g = t = h0
         for i, (w3, w1) in enumerate(zip(P["body3"], P["body1"])):
             t = conv(g, w3, None, pad1, one, one, 1, "relu", [], "")
-            if not self.v.residual:
+            if not m.v.residual:
                 g = conv(t, w1, None, t_pad, one, one, 1, "relu", [], "")
             elif i == 0:  # h0 is needed again by the RB: not in place
                 g = conv_add(t, g, w1, None, t_pad, one, one, 1, "add", 1.0, "relu", [], "")
             else:  # g <- relu(g + conv1x1(t)), accumulated into g
                 g = conv_add_(g, t, w1, None, t_pad, one, one, 1, "add", 1.0, "relu", [], "")
-        r = g + h0 if self.v.local_fusion else g
+        r = g + h0 if m.v.local_fusion else g
         del g, h0, t  # free the LR maps before the HR ones are allocated (peak memory)
-        last = max(i for i, (kind, _, _) in enumerate(P["up"]) if kind == "conv")  # ReLU commutes w/ shuffle
-        for i, (kind, a, b) in enumerate(P["up"]):
-            if kind == "conv":
-                r = conv(r, a, b, pad1, one, one, 1, "relu" if i == last else "none", [], "")
-            else:
-                r = F.pixel_shuffle(r, a)
+        for i, (wu, bu, factor) in enumerate(P["up"]):  # the ReLU after U commutes with the shuffle
+            relu = "relu" if i == len(P["up"]) - 1 else "none"
+            r = F.pixel_shuffle(conv(r, wu, bu, pad1, one, one, 1, relu, [], ""), factor)
         for wi in P["irb"]:
             r = conv(r, wi, None, pad1, one, one, 1, "relu", [], "")
         return conv(r, P["tail"], P["mean"], pad1, one, one, 1, "none", [], "")

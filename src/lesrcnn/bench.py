@@ -1,13 +1,16 @@
-"""``lesrcnn bench``: inference speed of every installed backend on this machine, side by side.
+"""``lesrcnn bench``: inference speed of every installed CPU backend on this machine, side by side.
 
 Timed runs of all backends are interleaved in one process (machine noise hits them alike), on the
 same weights, beside the fp32 GEMM peak measured in the same run on the same threads. GFLOP/s
 counts the released network's FLOPs, so exact savings such as the fused RB show as speed. Then the
-whole-file ``upscale`` of a 1920x1080 JPEG at x2. Developer benchmarks live in ``benchmarks/``.
+whole-file ``upscale`` of a 1920x1080 JPEG at x2. Developer benchmarks (the CUDA rows among them)
+live in ``benchmarks/``.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import json
 import platform
 import statistics
@@ -19,35 +22,30 @@ from pathlib import Path
 
 from .errors import LesrcnnError, first_line
 
-CPU_BACKENDS = ["eager-nchw", "torch", "torch-compile", "onnx", "openvino", "onnx-int8", "openvino-int8"]
-GPU_BACKENDS = ["cuda-fp32", "cuda-bf16", "cuda-fp16"]
-ALL_BACKENDS = CPU_BACKENDS + GPU_BACKENDS
+BACKENDS = ["eager-nchw", "torch", "torch-compile", "onnx", "openvino", "onnx-int8", "openvino-int8"]
 
 
-def gemm_peak(device: str = "cpu", dtype: str = "fp32", n: int | None = None, reps: int = 5) -> float:
-    """Best GFLOP/s of an n x n x n matrix multiply on torch's threads: on the CPU the better of
-    MKL and oneDNN, the library of our convolutions (MKL is slow on AMD); cuBLAS, TF32 off."""
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def gemm_peak(n: int = 3072, reps: int = 5) -> float:
+    """Best fp32 GFLOP/s of an n x n x n matrix multiply on torch's threads: the better of MKL and
+    oneDNN, the library of our convolutions (MKL is slow on AMD)."""
     import torch
 
-    dev = torch.device(device)
-    n = n or (3072 if dev.type == "cpu" else 8192)
-    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    a, b = torch.randn(n, n, device=dev).to(dt), torch.randn(n, n, device=dev).to(dt)
-    calls = [lambda: torch.mm(a, b)]
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-    elif dt == torch.float32 and torch.backends.mkldnn.is_available():
-        am, bm = a.to_mkldnn(), b.t().contiguous().to_mkldnn()
-        calls.append(lambda: torch._C._nn.mkldnn_linear(am, bm, None))
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    calls = [functools.partial(torch.mm, a, b)]
+    if torch.backends.mkldnn.is_available():
+        bt = b.t().contiguous().to_mkldnn()
+        calls.append(functools.partial(torch._C._nn.mkldnn_linear, a.to_mkldnn(), bt, None))
     best = float("inf")
     for f in calls:
-        for i in range(reps + 1):
+        f()  # warm-up
+        for _ in range(reps):
             t = time.perf_counter()
             f()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            if i:  # the first run is a warm-up
-                best = min(best, time.perf_counter() - t)
+            best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
 
 
@@ -77,59 +75,33 @@ def peak_rss_mb(reset: bool = False) -> float:
 
 
 def make_runner(backend: str, model, scale: int, lr: int, threads: int):
-    """A no-argument callable that super-resolves one 1 x 3 x lr x lr image (synchronised)."""
+    """A no-argument callable that super-resolves one 1 x 3 x lr x lr image."""
     import copy
 
     import numpy as np
     import torch
 
-    from . import backends as BK
+    from .backends import create
     from .model import fuse_rb
     from .upscale import prepare
 
     x = torch.from_numpy(np.random.default_rng(0).random((1, 3, lr, lr), dtype=np.float32))
     if backend == "eager-nchw":  # the released code's way: plain NCHW module, unfused RB
-        m = copy.deepcopy(model).float().eval()
-        return torch.no_grad()(lambda: m(x, scale))
-    if backend == "torch":
-        engine = BK.TorchEngine(model, torch.device("cpu"))
-        return lambda: engine(x, scale)
-    if backend in ("onnx", "openvino", "onnx-int8", "openvino-int8"):
-        name, _, int8 = backend.partition("-")
-        why = BK.installed(name)
-        if why:
-            raise LesrcnnError(why)
-        if int8:
-            src = BK.int8_onnx(model, scale)
-        else:
-            from .export import to_onnx
-
-            src = to_onnx(model, scale).SerializeToString()
-        run = BK.ort_runner(src, threads, spin=False) if name == "onnx" else BK.openvino_runner(src, threads)
-        return lambda: run(x.numpy())
-    if backend not in ("torch-compile", *GPU_BACKENDS):
-        raise LesrcnnError(f"unknown backend {backend!r}; choose from {', '.join(ALL_BACKENDS)}")
-    dev = "cpu" if backend == "torch-compile" else "cuda"
-    if dev == "cuda":  # run_bench has checked that there is one
-        torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32
-        torch.backends.cudnn.benchmark = True
-    dt = {"cuda-bf16": torch.bfloat16, "cuda-fp16": torch.float16}.get(backend, torch.float32)
-    m = prepare(fuse_rb(model), dev, dt)
-    m = torch.compile(m, dynamic=False) if dev == "cpu" else m
-    xd = x.to(dev, dt).contiguous(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def run_fused():
-        y = m(xd, scale)
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        return y
-    return run_fused
+        return torch.no_grad()(functools.partial(copy.deepcopy(model).float().eval(), x, scale))
+    if backend == "torch-compile":
+        compiled = torch.compile(prepare(fuse_rb(model), "cpu"), dynamic=False)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return torch.inference_mode()(functools.partial(compiled, x, scale))
+    if backend not in BACKENDS:
+        raise LesrcnnError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    name, _, int8 = backend.partition("-")  # the engine `upscale --backend NAME [--precision int8]` runs
+    engine = create(model, name, "int8" if int8 else "fp32", "cpu", threads, (scale,))
+    return functools.partial(engine, x, scale)
 
 
 def run_bench(scales: list[int], sizes: list[int], backends: list[str], weights: str | None = None,
-              repeat: int = 5, warmup: int = 1, threads: int | None = None, log=None,
-              gemm_n: int | None = None) -> tuple[list[dict], dict]:
+              repeat: int = 5, warmup: int = 1, threads: int | None = None,
+              gemm_n: int = 3072) -> tuple[list[dict], dict]:
     """Every backend of ``backends`` at every scale and HR size, interleaved; (rows, machine info)."""
     import torch
 
@@ -137,70 +109,58 @@ def run_bench(scales: list[int], sizes: list[int], backends: list[str], weights:
     from . import weights as W
     from .upscale import tune_cpu_allocator
 
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    tune_cpu_allocator()  # process-wide: every CPU row runs with it
-    if not torch.cuda.is_available() and set(backends) & set(GPU_BACKENDS):
-        log("bench: no CUDA device: the cuda rows are not measured")
-        backends = [b for b in backends if b not in GPU_BACKENDS]
-    if not backends:
-        raise LesrcnnError("no backend to run")
-    ck = W.load(weights)
-    for s in scales:
-        ck.require_scale(s)
+    tune_cpu_allocator()  # process-wide: every row runs with it
+    ck = W.load(weights, *scales)
     info = {"cpu": cpu_name(), "threads": threads, "lesrcnn": __version__, "torch": torch.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "peak_gflops": 0.0}
     for dist in ("onnxruntime", "openvino"):
         with contextlib.suppress(PackageNotFoundError):
             info[dist] = version(dist)
-    gpu_peaks = {b: gemm_peak("cuda", b.split("-")[1]) for b in GPU_BACKENDS if b in backends}
-    if gpu_peaks:
-        info["gpu"] = torch.cuda.get_device_name()
-    info["peaks_gflops"] = {"cpu": 0.0, **gpu_peaks}
     rows = [row for s in scales for size in sizes
-            for row in _interleaved(ck.model, s, size, backends, gpu_peaks, info, repeat, warmup, gemm_n,
-                                    log)]
+            for row in _interleaved(ck.model, s, size, backends, info, repeat, warmup, gemm_n)]
     return rows, info
 
 
-def _interleaved(model, s, size, backends, gpu_peaks, info, repeat, warmup, gemm_n, log) -> list[dict]:
-    """The rows of one scale and size; the CPU GEMM peak is measured between their runs."""
+def _interleaved(model, s: int, size: int, backends: list[str], info: dict, repeat: int, warmup: int,
+                 gemm_n: int) -> list[dict]:
+    """The rows of one scale and size; the GEMM peak is measured between their runs."""
     from .complexity import macs
 
     lr = lr_size(size, s)
     runners = {}
     for b in backends:
-        log(f"bench: x{s} {lr * s}px preparing {b} ...")
+        _log(f"bench: x{s} {lr * s}px preparing {b} ...")
         try:
             run = make_runner(b, model, s, lr, info["threads"])
-            for _ in range(max(1, warmup) if b == "torch-compile" else warmup):
+            for _ in range(max(1, warmup) if b == "torch-compile" else warmup):  # compiles on the first call
                 run()
             runners[b] = run
         except Exception as e:  # a backend that cannot run here is reported, the others go on
-            log(f"bench: x{s} {lr * s}px {b}: not measured ({first_line(e)[:200]})")
+            _log(f"bench: x{s} {lr * s}px {b}: not measured ({first_line(e)[:200]})")
     times: dict[str, list[float]] = {b: [] for b in runners}
     rss = dict.fromkeys(runners, 0.0)
-    cpu_peak = 0.0
+    peak = 0.0
     for _ in range(repeat):
-        cpu_peak = max(cpu_peak, gemm_peak("cpu", n=gemm_n, reps=2))
+        peak = max(peak, gemm_peak(gemm_n, reps=2))
         for b, run in runners.items():
             peak_rss_mb(reset=True)
             t = time.perf_counter()
             run()
             times[b].append(time.perf_counter() - t)
             rss[b] = max(rss[b], peak_rss_mb())
-    info["peaks_gflops"]["cpu"] = max(info["peaks_gflops"]["cpu"], cpu_peak)
+    info["peak_gflops"] = max(info["peak_gflops"], peak)
     rows = []
     for b, ts in times.items():
-        t, peak = statistics.median(ts), gpu_peaks.get(b) or cpu_peak
+        t = statistics.median(ts)
         gflops = 2 * macs(s, lr, lr) / t / 1e9
         rows.append({"backend": b, "scale": s, "size": size, "lr": [lr, lr], "hr": [lr * s, lr * s],
                      "seconds": t, "seconds_min": min(ts), "runs": len(ts),
                      "mpx_per_s": (lr * s) ** 2 / 1e6 / t, "gflops": gflops, "peak_gflops": peak,
                      "peak_fraction": gflops / peak, "peak_rss_mb": round(rss[b], 1),
-                     "threads": info["threads"], "device": "cuda" if b in GPU_BACKENDS else "cpu"})
-        log(f"bench: x{s} {lr * s}px {b:<13} {t:.4f} s  {gflops:.0f} GFLOP/s")
+                     "threads": info["threads"]})
+        _log(f"bench: x{s} {lr * s}px {b:<13} {t:.4f} s  {gflops:.0f} GFLOP/s")
     return rows
 
 
@@ -249,12 +209,11 @@ def whole_file(weights: str | None, threads: int, size: tuple[int, int] = (1920,
             "network_share": network_s / (t4 - t1), "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
-def format_table(rows: list[dict], info: dict, auto: list[str] | None = None, job: dict | None = None) -> str:
-    peaks = ", ".join(f"{k} {v:.0f}" for k, v in info["peaks_gflops"].items())
+def format_table(rows: list[dict], info: dict, auto: list[str], job: dict | None = None) -> str:
     versions = ", ".join(f"{k} {info[k]}" for k in ("torch", "onnxruntime", "openvino") if k in info)
-    gpu = f"; GPU {info['gpu']}" if "gpu" in info else ""
-    lines = [f"# {info['cpu']}, {info['threads']} thread(s); lesrcnn {info['lesrcnn']}, {versions}{gpu}",
-             f"# GEMM peak GFLOP/s (same run; cpu: fp32, best of MKL and oneDNN between the rows): {peaks}",
+    lines = [f"# {info['cpu']}, {info['threads']} thread(s); lesrcnn {info['lesrcnn']}, {versions}",
+             f"# GEMM peak GFLOP/s (same run; fp32, best of MKL and oneDNN between the rows): "
+             f"{info['peak_gflops']:.0f}",
              "# one process, backends interleaved run by run; seconds: median per image after warm-up; "
              "GFLOP/s: FLOPs of the released network / time; peak%: of the GEMM peak; RSS: the whole process",
              f"{'backend':<14} {'scale':>5} {'HR size':>9} {'seconds':>8} {'MP/s':>7} {'GFLOP/s':>8} "
@@ -266,7 +225,7 @@ def format_table(rows: list[dict], info: dict, auto: list[str] | None = None, jo
         lines.append(f"{r['backend']:<14} {'x' + str(r['scale']):>5} {r['hr'][0]:>4}x{r['hr'][1]:<4} "
                      f"{r['seconds']:>8.4f} {r['mpx_per_s']:>7.3f} {r['gflops']:>8.1f} "
                      f"{r['peak_fraction']:>6.1%} {vs[0]:>8} {vs[1]:>8} {r['peak_rss_mb']:>7.0f}")
-    lines += auto or []
+    lines += auto
     if job:
         lines.append(f"upscale {job['input']} -> {job['output']} ({job['backend']}, tile {job['tile']}): "
                      f"{job['wall_s']:.2f} s after a {job['startup_s']:.2f} s start-up = decode "
@@ -277,40 +236,36 @@ def format_table(rows: list[dict], info: dict, auto: list[str] | None = None, jo
 
 
 def auto_lines() -> list[str]:
-    """What ``--backend auto`` picks on this machine and why."""
-    from .backends import auto_report
+    """What ``--backend auto`` picks on this machine and why (as ``lesrcnn info --backends``)."""
+    from .weights_cli import backends_info
 
-    out = []
-    for prec in ("fp32", "int8"):
-        rep = auto_report(prec)
-        picked = next((n for n, st in rep if st == "picked"), "nothing")
-        why = "; ".join(f"{n}: {st}" for n, st in rep)
-        out.append(f"auto ({prec}, cpu) picks {picked}: first installed of its rule ({why})")
-    return out
+    return [f"auto ({prec}, cpu) picks {v['picks'] or 'nothing'}: {v['rule']}"
+            for prec, v in backends_info()["auto"].items()]
 
 
-def _int_list(text: str, what: str, allowed: set[int] | None = None) -> list[int]:
-    try:
-        vals = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise LesrcnnError(f"--{what}: comma-separated integers expected, got {text!r}") from None
-    if not vals:
-        raise LesrcnnError(f"--{what}: empty")
-    for v in vals:
-        if (allowed and v not in allowed) or v < 1:
-            raise LesrcnnError(f"--{what}: invalid value {v}")
-    return list(dict.fromkeys(vals))
+def _csv(allowed, what: str, convert=int):
+    """An argparse type: comma-separated values in ``allowed`` (``what`` names them), repeats dropped."""
+    def parse(text: str) -> list:
+        try:
+            vals = list(dict.fromkeys(convert(v.strip()) for v in text.split(",") if v.strip()))
+        except ValueError:
+            vals = [text]
+        bad = [v for v in vals if v not in allowed] or ([] if vals else ["(empty)"])
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(map(str, bad))}: {what} expected")
+        return vals
+    return parse
 
 
-def add_parser(sub):
-    import argparse
-
-    p = sub.add_parser("bench", help="inference speed of every installed backend vs the machine's fp32 peak",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("bench", description="Inference speed of every installed CPU backend beside the "
+                       "machine's fp32 GEMM peak, and the whole-file upscale of a 1920x1080 JPEG.")
     p.add_argument("--weights", help="checkpoint (default: the embedded weights)")
-    p.add_argument("--scales", default="2", help="comma-separated scales")
-    p.add_argument("--sizes", default="512", help="HR output sizes, comma-separated (Table 8: 256,512,1024)")
-    p.add_argument("--backends", help=f"comma-separated subset of {','.join(ALL_BACKENDS)} (default: all)")
+    p.add_argument("--scales", type=_csv((2, 3, 4), "2, 3 or 4"), default="2", help="comma-separated scales")
+    p.add_argument("--sizes", type=_csv(range(1, 1 << 20), "positive integers"), default="512",
+                   help="HR output sizes, comma-separated (Table 8: 256,512,1024)")
+    p.add_argument("--backends", type=_csv(BACKENDS, ", ".join(BACKENDS), str), default=",".join(BACKENDS),
+                   help="comma-separated subset")
     p.add_argument("--repeat", type=int, default=5, help="timed runs per backend (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     p.add_argument("-j", "--threads", type=int, help="CPU threads (default: torch's default)")
@@ -322,16 +277,10 @@ def add_parser(sub):
 
 
 def cmd_bench(a) -> int:
-    scales = _int_list(a.scales, "scales", {2, 3, 4})
-    sizes = _int_list(a.sizes, "sizes")
-    backends = [b.strip() for b in (a.backends or ",".join(ALL_BACKENDS)).split(",") if b.strip()]
-    bad = [b for b in backends if b not in ALL_BACKENDS]
-    if bad:
-        raise LesrcnnError(f"--backends: unknown {', '.join(bad)}; choose from {', '.join(ALL_BACKENDS)}")
     if a.repeat < 1 or a.warmup < 0 or (a.threads or 1) < 1 or a.gemm_size < 64:
         raise LesrcnnError("--repeat and --threads must be >= 1, --warmup >= 0 and --gemm-size >= 64")
-    rows, info = run_bench(scales, sizes, backends, a.weights, a.repeat, a.warmup, a.threads,
-                           gemm_n=a.gemm_size)
+    rows, info = run_bench(a.scales, a.sizes, a.backends, a.weights, a.repeat, a.warmup, a.threads,
+                           a.gemm_size)
     job = None if a.no_file else whole_file(a.weights, info["threads"])
     if a.json:
         print(json.dumps({"rows": rows, "machine": info, "auto": auto_lines(), "whole_file": job}, indent=2))

@@ -36,13 +36,9 @@ EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "openvino
 
 
 def scale_arg(v: str) -> int:
-    try:
-        s = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"scale must be 2, 3 or 4, got {v!r}") from None
-    if s not in (2, 3, 4):
-        raise argparse.ArgumentTypeError(f"scale must be 2, 3 or 4, got {s}")
-    return s
+    if v.strip() not in ("2", "3", "4"):
+        raise argparse.ArgumentTypeError(f"scale must be 2, 3 or 4, got {v!r}")
+    return int(v)
 
 
 def device_arg(v: str) -> str:
@@ -91,10 +87,7 @@ def _adder(name: str):
             raise  # a dependency: main() names the extra that installs it
         raise LesrcnnError(f"`lesrcnn {name}` is not part of this installation ({module} is "
                            f"missing)") from None
-    adder = getattr(mod, f"add_{name}", None) or getattr(mod, "add_parser", None)
-    if not callable(adder):
-        raise LesrcnnError(f"`lesrcnn {name}`: {module} defines no add_parser")
-    return adder
+    return getattr(mod, f"add_{name}", None) or mod.add_parser
 
 
 def _command(argv: list[str]) -> str | None:
@@ -184,7 +177,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _error(f"unexpected {type(e).__name__}: {first_line(e)} (please report; LESRCNN_DEBUG=1 "
                       f"shows the traceback)")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

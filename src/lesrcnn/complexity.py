@@ -21,22 +21,17 @@ PAPER = {
     "sn": {"table": 3, "parameters": "630K", "flops": "3.06G"},
     "hn": {"table": 3, "parameters": "368K", "flops": "1.38G"},
 }
-VARIANT_LABEL = {"full": "LESRCNN", "ieeb+rb": "IEEB+RB", "ieeb": "IEEB", "hn": "HN", "sn": "SN"}
 
 
-def parse_size(size: str | int | tuple[int, int]) -> tuple[int, int]:
-    """'HxW', 'N' (square), N or (H, W) -> (H, W)."""
-    if isinstance(size, (int, tuple)):
-        h, w = (size, size) if isinstance(size, int) else size
-    else:
-        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*,]\s*(\d+))?\s*", str(size))
-        if not m:
-            raise LesrcnnError(f"--size must be HxW (e.g. 256x256) or N, got {size!r}")
-        h = int(m.group(1))
-        w = int(m.group(2)) if m.group(2) else h
-    if h < 1 or w < 1 or h > 1 << 20 or w > 1 << 20:
+def parse_size(size: str) -> tuple[int, int]:
+    """'HxW' or 'N' (square) -> (H, W)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*,]\s*(\d+))?\s*", size)
+    if not m:
+        raise LesrcnnError(f"--size must be HxW (e.g. 256x256) or N, got {size!r}")
+    h, w = int(m.group(1)), int(m.group(2) or m.group(1))
+    if h < 1 or w < 1:
         raise LesrcnnError(f"--size must be positive, got {h}x{w}")
-    return int(h), int(w)
+    return h, w
 
 
 def count(model: LESRCNN, scale: int, height: int, width: int, fused: bool = False) -> dict:
@@ -69,9 +64,9 @@ def count(model: LESRCNN, scale: int, height: int, width: int, fused: bool = Fal
             "flops": 2 * total_m, "macs_per_lr_pixel": total_m / lr, "blocks": list(blocks.values())}
 
 
-def macs(scale: int, height: int, width: int, variant: str = "full", fused: bool = False) -> int:
-    """MACs of the released network (``fused=False``) at an LR input of height x width."""
-    return count(_skeleton(scale, variant), scale, 1, 1, fused)["macs"] * height * width
+def macs(scale: int, height: int, width: int) -> int:
+    """MACs of the released network at an LR input of height x width."""
+    return count(_skeleton(scale, "full"), scale, 1, 1)["macs"] * height * width
 
 
 @lru_cache(maxsize=None)
@@ -79,21 +74,16 @@ def _skeleton(scale: int, variant: str) -> LESRCNN:
     return build(scale, variant)
 
 
-def complexity_report(checkpoint, size: str | int | tuple[int, int] = "256x256") -> dict:
-    """``lesrcnn info --flops``: per scale of the checkpoint, parameters and MACs per block at the LR
+def complexity_report(model: LESRCNN, size: str = "256x256") -> dict:
+    """``lesrcnn info --flops``: per scale of the model, parameters and MACs per block at the LR
     input ``size``, for its network and every ablation variant, beside the paper's figures."""
     h, w = parse_size(size)
-    model = checkpoint.model if hasattr(checkpoint, "model") else checkpoint
     scales = []
     for s in model.scales:
         c = count(model, s, h, w)
         c["parameters_shared_model"] = sum(p.numel() for p in model.parameters())
         c["fused_macs"] = count(model, s, h, w, fused=True)["macs"]
-        variants = {name: count(_skeleton(s, name), s, h, w) for name in VARIANTS}
-        c["variants"] = [{"variant": name, "label": VARIANT_LABEL[name], "parameters": vc["parameters"],
-                          "macs": vc["macs"], "flops": vc["flops"],
-                          "blocks": {b["block"]: b["macs"] for b in vc["blocks"]}, "paper": PAPER.get(name)}
-                         for name, vc in variants.items()]
+        c["variants"] = [count(_skeleton(s, name), s, h, w) | {"paper": PAPER.get(name)} for name in VARIANTS]
         per_px = c["macs_per_lr_pixel"]
         c["paper_3.08G_equivalent"] = {
             "if_macs_lr_pixels": round(3.08e9 / per_px), "if_flops_lr_pixels": round(3.08e9 / 2 / per_px)}
@@ -130,9 +120,10 @@ def format_complexity(d: dict) -> str:
         for v in c["variants"]:
             p = v["paper"]
             paper = f"{p['parameters']} / {p['flops']} FLOPs (Table {p['table']})" if p else "-"
-            b = v["blocks"]
-            lines.append(f"  {v['label']:<9} {v['parameters']:>9,} {_g(2 * b['IEEB']):>9} "
-                         f"{_g(2 * b['RB']):>9} {_g(2 * b['IRB']):>9} {_g(v['flops']):>10}   {paper}")
+            b = {x["block"]: _g(x["flops"]) for x in v["blocks"]}
+            label = "LESRCNN" if v["variant"] == "full" else v["variant"].upper()
+            lines.append(f"  {label:<9} {v['parameters']:>9,} {b['IEEB']:>9} {b['RB']:>9} {b['IRB']:>9} "
+                         f"{_g(v['flops']):>10}   {paper}")
         e = c["paper_3.08G_equivalent"]
         lines.append(f"  the paper's '3.08G' would be {e['if_macs_lr_pixels']:,} LR pixels at x{s} if it "
                      f"counted MACs, {e['if_flops_lr_pixels']:,} if FLOPs: no natural input size")

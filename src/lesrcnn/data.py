@@ -1,8 +1,5 @@
-"""Finding and reading image pairs: benchmark layouts for evaluation, HR folders for training.
-
-Every image goes through :func:`lesrcnn.io.read_picture`: the same decoding, one-line errors and
-decompression-bomb guard as ``upscale``.
-"""
+"""Finding and reading image pairs: benchmark layouts for evaluation, HR folders for training. Images
+go through :func:`lesrcnn.io.read_picture`: the decoding, errors and bomb guard of ``upscale``."""
 from __future__ import annotations
 
 import os
@@ -18,6 +15,7 @@ from .resize import crop_to_multiple, degrade
 
 # a folder of low-resolution images: LR, LR_bicubic, DIV2K_train_LR_bicubic, lr-x2...
 _LR_FOLDER = re.compile(r"(^|[_\-. ])LR([_\-. ]|$)", re.IGNORECASE)
+_HR_FOLDER = re.compile(r"(.*_)?HR", re.IGNORECASE)  # fullmatch: HR, DIV2K_train_HR...
 _HINT = "give the folder with the HR images (HR/, or *_HR.png files in image_SRF_N/)"
 
 
@@ -57,10 +55,6 @@ def _is_lr_folder(p: Path) -> bool:
                                                and bool(_LR_FOLDER.search(p.parent.name)))
 
 
-def _is_hr_name(name: str) -> bool:
-    return name.upper() == "HR" or name.upper().endswith("_HR")
-
-
 def _existing_folder(folder: str | Path) -> Path:
     root = Path(folder)
     if not root.exists():
@@ -74,23 +68,20 @@ def _hr_set(root: Path) -> tuple[Path, Path | None, list[Path]]:
     """(the dataset folder, its HR folder or None, the HR images). The HR folder is ``ROOT/HR``,
     ``ROOT/*_HR`` or ROOT itself when so named (``Set14/HR`` is the dataset ``Set14``); without one
     every image is HR, but LR images must never be scored (or trained on) as HR."""
-    if _is_hr_name(root.name):
+    if _HR_FOLDER.fullmatch(root.name):
         base, hr_dir = root.parent, root
     else:
-        hr_dirs = sorted(d for d in root.iterdir() if d.is_dir() and _is_hr_name(d.name))
+        hr_dirs = sorted(d for d in root.iterdir() if d.is_dir() and _HR_FOLDER.fullmatch(d.name))
         base, hr_dir = root, (hr_dirs[0] if hr_dirs else None)
     if hr_dir is None and _is_lr_folder(root):
         raise LesrcnnError(f"{root} holds low-resolution (LR) images; {_HINT}")
-    lr_dirs = [] if hr_dir else sorted(d.name for d in root.iterdir() if d.is_dir() and _is_lr_folder(d))
-    if lr_dirs:
-        raise LesrcnnError(f"{root} has LR images ({lr_dirs[0]}/) but no HR folder; {_HINT}")
     folder = hr_dir or root
     found = list_images(folder)
     if not found:
         raise LesrcnnError(f"no images in {folder}")
     lr = next((d for p in found for d in p.relative_to(folder).parts[:-1] if _LR_FOLDER.search(d)), None)
     if lr is not None:
-        raise LesrcnnError(f"{folder} mixes LR images ({lr}/) with the HR images; give the HR folder alone")
+        raise LesrcnnError(f"{folder} mixes LR images ({lr}/) with the HR images; {_HINT}")
     return base, hr_dir, found
 
 
@@ -129,12 +120,11 @@ def find_dataset(root: str | Path, scale: int) -> Dataset:
     if any(root.glob("image_SRF_*")):
         raise LesrcnnError(f"{root} has no image_SRF_{scale} folder for x{scale}")
     base, hr_dir, hrs = _hr_set(root)
-    if hr_dir is None:
-        return Dataset(root.name, "hr-only", [Pair(str(p.relative_to(root).with_suffix("")), p, None)
+    folder = hr_dir or root
+    lr_dir = base / f"{folder.name[:-2]}LR_bicubic" / f"X{scale}"  # DIV2K_train_HR: DIV2K_train_LR_bicubic
+    if hr_dir is None or not lr_dir.is_dir():
+        return Dataset(base.name, "hr-only", [Pair(str(p.relative_to(folder).with_suffix("")), p, None)
                                               for p in hrs])
-    lr_dir = base / f"{hr_dir.name[:-2]}LR_bicubic" / f"X{scale}"  # DIV2K_train_HR: DIV2K_train_LR_bicubic
-    if not lr_dir.is_dir():
-        return Dataset(base.name, "hr-only", [Pair(p.stem, p, None) for p in hrs])
     strip = re.compile(rf"(x{scale}|_LR|_lr|_HR|_hr)$", re.IGNORECASE)
     lrs = {strip.sub("", p.stem): p for p in list_images(lr_dir)}
     missing = next((p for p in hrs if strip.sub("", p.stem) not in lrs), None)

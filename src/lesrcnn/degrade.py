@@ -1,9 +1,6 @@
-"""Real-photo degradations: LR training inputs that look like what users actually upscale.
-
-Users' photos have been blurred by optics, resized by other software, noised by sensors and, above
-all, JPEG-compressed; a network trained only on clean MATLAB-bicubic LR sharpens JPEG blocks along
-with edges. ``real_lr`` makes the LR of each training patch through a randomised :class:`Chain`.
-All randomness comes from ``rng``, so a seed reproduces the patch.
+"""Real-photo LR for training: users' photos are blurred, resized, noised and JPEG-compressed, and a
+network trained only on clean bicubic LR sharpens JPEG blocks along with edges. ``real_lr`` makes
+each patch's LR through a randomised :class:`Chain`; all randomness comes from ``rng``.
 """
 from __future__ import annotations
 
@@ -11,9 +8,8 @@ import io
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .errors import LesrcnnError
@@ -47,14 +43,11 @@ def _check_rgb8(a: np.ndarray, who: str) -> None:
 def _blur(hr: np.ndarray, scale: int, rng: np.random.Generator, c: Chain) -> np.ndarray:
     s1, s2 = rng.uniform(c.blur_sigma_min, 0.5 + 0.25 * scale, size=2)
     theta = rng.uniform(0.0, math.pi)
-    r = min(int(math.ceil(3 * max(s1, s2))), min(hr.shape[:2]) - 1)  # reflect padding needs r < side
+    r = int(math.ceil(3 * max(s1, s2)))
     y, x = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float64)
     u, v = math.cos(theta) * x + math.sin(theta) * y, -math.sin(theta) * x + math.cos(theta) * y
     k = np.exp(-0.5 * ((u / s1) ** 2 + (v / s2) ** 2))
-    k = torch.from_numpy((k / k.sum()).astype(np.float32))
-    x = torch.from_numpy(hr).permute(2, 0, 1)[None].float()
-    x = F.conv2d(F.pad(x, (r, r, r, r), mode="reflect"), k.expand(3, 1, *k.shape).contiguous(), groups=3)
-    return x[0].permute(1, 2, 0).add_(0.5).clamp_(0, 255).to(torch.uint8).numpy()
+    return cv2.filter2D(hr, -1, (k / k.sum()).astype(np.float32), borderType=cv2.BORDER_REFLECT_101)
 
 
 def _noise(lr: np.ndarray, rng: np.random.Generator, c: Chain) -> np.ndarray:
@@ -77,8 +70,8 @@ def real_lr(hr: np.ndarray, scale: int, rng: np.random.Generator, chain: Chain =
         raise LesrcnnError(f"HR size {w}x{h} is not a positive multiple of the scale {scale}")
     c = chain
     x = _blur(hr, scale, rng, c) if rng.random() < c.blur_prob else hr
-    probs = np.array([p for _, p in c.kernels], dtype=np.float64)
-    kernel = c.kernels[rng.choice(len(probs), p=probs / probs.sum())][0]
+    names, probs = zip(*c.kernels)
+    kernel = names[rng.choice(len(probs), p=np.divide(probs, sum(probs)))]
     if kernel == "bicubic":
         x = imresize(x, 1.0 / scale)
     else:
@@ -99,5 +92,4 @@ def jpeg_variant(lr: np.ndarray, quality: int = 75) -> np.ndarray:
         raise LesrcnnError(f"JPEG quality must be 1..100, got {quality}")
     buf = io.BytesIO()
     Image.fromarray(lr).save(buf, format="JPEG", quality=int(quality), subsampling=2)
-    with Image.open(buf) as im:
-        return np.array(im.convert("RGB"))
+    return np.array(Image.open(buf).convert("RGB"))

@@ -9,10 +9,7 @@ class LesrcnnError(Exception):
 def one_line(text: object) -> str:
     """``text`` with control characters escaped (a file name may hold a newline), so an error
     message stays one line on the terminal and for whatever parses stderr."""
-    s = str(text)
-    if s.isprintable():
-        return s
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 def first_line(e: BaseException) -> str:

@@ -187,6 +187,7 @@ def run(a) -> int:
     from tqdm import tqdm
 
     from . import weights as W
+    from .backends import create
     from .data import find_dataset
     from .io import atomic_write_text
     from .upscale import pick_device, prepare
@@ -197,11 +198,7 @@ def run(a) -> int:
         _check_output(Path(a.output), datasets.values(), a.overwrite)
     model, method = None, "Bicubic"
     if not a.bicubic:
-        ck = W.load(a.weights)
-        for s in scales:
-            ck.require_scale(s)
-        from .backends import create
-
+        ck = W.load(a.weights, *scales)
         device = pick_device(a.device)
         prepare(ck.model, device)  # the allocator tuning; the engine holds its own copy
         model = create(ck.model, a.backend, a.precision, device, a.threads, tuple(scales))

@@ -1,10 +1,8 @@
 """Deployment: ONNX export (fp32, fp16), the INT8 recipe, ``lesrcnn export``.
 
-The graph is ``torch.onnx.export`` (TorchScript exporter, ``dynamo=False``: no onnxscript needed)
-of :func:`lesrcnn.model.fuse_rb` of the network, so it runs one upsampler pass; batch, height and
-width are dynamic and the scale is baked in (one file per scale). Runtimes on these graphs live
-in :mod:`lesrcnn.backends`. :func:`int8_model` is the one INT8 recipe: ``export --int8`` writes
-it and ``--precision int8`` runs it.
+The graph is ``torch.onnx.export`` (TorchScript exporter: no onnxscript needed) of the fused-RB
+network (one upsampler pass), batch/height/width dynamic, the scale baked in (one file per scale).
+:func:`int8_model` is the one INT8 recipe: ``export --int8`` writes it, ``--precision int8`` runs it.
 """
 from __future__ import annotations
 
@@ -13,7 +11,6 @@ import importlib
 import io
 import logging
 import os
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -24,17 +21,17 @@ import torch
 from torch import nn
 
 from .errors import LesrcnnError
+from .io import atomic_write_bytes
 
 DEFAULT_OPSET = 17
-MIN_OPSET = 11  # DepthToSpace with mode="CRD" (PixelShuffle)
+MIN_OPSET, MAX_OPSET = 11, 20  # DepthToSpace mode="CRD" (PixelShuffle); the TorchScript exporter's last
 VERIFY_TOL = 1e-4  # max abs difference ONNX Runtime vs PyTorch, fp32 (the issue's bound)
 VERIFY_TOL_FP16 = 5e-2
 INPUT, OUTPUT = "input", "output"
-# The INT8 recipe (see benchmarks/results/int8_psnr.txt): percentile ranges on INT8_PATCHES
-# synthetic LR patches, cross-layer equalisation, static QDQ (u8 activations, s8 per-channel
-# weights) of the IEEB: its convolutions (INT8_MODULES) and the Adds/ReLUs between them (ONNX Runtime's
-# default op set; quantising convolution inputs only lost 0.099 dB against 0.058 with the official x2 on
-# Set5). Its name is part of the INT8 file names.
+# The INT8 recipe (benchmarks/results/int8_psnr.txt), named in the INT8 file names: percentile ranges on
+# INT8_PATCHES synthetic LR patches, cross-layer equalisation, static QDQ of the IEEB: its convolutions
+# (INT8_MODULES) and the Adds/ReLUs between them (ONNX Runtime's default op set; convolution inputs alone
+# lost 0.099 dB against 0.058 with the official x2 on Set5). The HR side stays float (0.35 dB per layer).
 INT8_RECIPE = "pct-cle-ieeb-ops"
 INT8_PATCHES = 32
 INT8_MODULES = ("body3", "body1")
@@ -66,9 +63,9 @@ def to_onnx(model, scale: int, opset: int = DEFAULT_OPSET, fp16: bool = False, m
     from . import __version__
     from .model import check_scale, fuse_rb
 
-    top = min(onnx.defs.onnx_opset_version(), 20)
-    if not MIN_OPSET <= opset <= top:
-        raise LesrcnnError(f"--opset {opset}: LESRCNN needs opset {MIN_OPSET} to {top} (DepthToSpace CRD)")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise LesrcnnError(f"--opset {opset}: LESRCNN needs opset {MIN_OPSET} to {MAX_OPSET} "
+                           "(DepthToSpace CRD)")
     scale = check_scale(scale, model.scales)
     dtype = torch.float16 if fp16 else torch.float32
     net = AtScale(fuse_rb(model).to(device="cpu", dtype=dtype, memory_format=torch.contiguous_format).eval(),
@@ -86,24 +83,9 @@ def to_onnx(model, scale: int, opset: int = DEFAULT_OPSET, fp16: bool = False, m
             "scales_of_source": ",".join(map(str, model.scales)), "precision": "fp16" if fp16 else "fp32",
             "input": "float32 NCHW RGB in [0,1], any height/width", "output": "float32 NCHW, unclamped",
             "code_version": __version__}
-    set_props(m, {**meta, **(metadata or {})})
+    onnx.helper.set_model_props(m, {k: str(v) for k, v in {**meta, **(metadata or {})}.items()})
     onnx.checker.check_model(m, full_check=True)
     return m
-
-
-def set_props(proto, props: dict) -> None:
-    del proto.metadata_props[:]
-    need("onnx").helper.set_model_props(proto, {k: str(v) for k, v in props.items()})
-
-
-def model_scale(proto) -> int | None:
-    value = {p.key: p.value for p in proto.metadata_props}.get("scale", "")
-    return int(value) if value.isdigit() else None
-
-
-def conv_nodes(proto, *modules: str) -> list[str]:
-    """Names of the Conv nodes of the given modules (e.g. "head", "tail", "body3")."""
-    return [n.name for n in proto.graph.node if n.op_type == "Conv" and any(f"/{m}" in n.name for m in modules)]
 
 
 def torch_reference(model, x: np.ndarray, scale: int) -> np.ndarray:
@@ -112,35 +94,29 @@ def torch_reference(model, x: np.ndarray, scale: int) -> np.ndarray:
         return model.float().eval().cpu()(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), scale).numpy()
 
 
-def verify(proto, model, scale: int, size: tuple[int, int] = (37, 29), seed: int = 0) -> float:
+def verify(proto, model, scale: int) -> float:
     """Run ONNX Runtime and PyTorch on one random image; returns the max abs difference."""
-    from .backends import ort_session
+    from .backends import ort_runner
 
-    x = np.random.default_rng(seed).random((1, 3, *size), dtype=np.float32)
-    return float(np.abs(ort_session(proto).run(None, {INPUT: x})[0] - torch_reference(model, x, scale)).max())
+    x = np.random.default_rng(0).random((1, 3, 37, 29), dtype=np.float32)
+    return float(np.abs(ort_runner(proto.SerializeToString())(x) - torch_reference(model, x, scale)).max())
 
 
-# --- INT8 ----------------------------------------------------------------------------------------
-
-def synthetic_patches(count: int = INT8_PATCHES, lr_patch: int = 48, seed: int | None = None,
-                      scale: int = 2) -> list[np.ndarray]:
+def synthetic_patches(count: int = INT8_PATCHES, lr_patch: int = 48, scale: int = 2) -> list[np.ndarray]:
     """The built-in calibration set (no data set needed): synthetic "dead leaves" images (discs with power-law
     radii, colour gradients, noise: natural images' scale-invariant statistics), downscaled like the test data."""
     from .resize import imresize
 
-    rng = np.random.default_rng(scale if seed is None else seed)
+    rng = np.random.default_rng(scale)
     side = lr_patch * scale
     out = []
     for _ in range(count):
-        img = np.empty((side, side, 3), np.float32)
-        img[:] = rng.uniform(0.1, 0.9, 3)
+        img = np.full((side, side, 3), rng.uniform(0.1, 0.9, 3), np.float32)
         radii = (side / 24) * (1 - rng.random(160)) ** (-1 / 2)  # density ~ r^-3, clipped below
         for r in np.sort(np.minimum(radii, side / 2))[::-1]:  # large discs first, small ones on top
             cy, cx = rng.uniform(-r / 2, side + r / 2, 2)
             y0, y1 = max(0, int(cy - r - 1)), min(side, int(cy + r + 2))
-            x0, x1 = max(0, int(cx - r - 1)), min(side, int(cx + r + 2))
-            if y0 >= y1 or x0 >= x1:
-                continue
+            x0, x1 = max(0, int(cx - r - 1)), min(side, int(cx + r + 2))  # never empty: cy, cx near the image
             yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
             mask = np.clip(r - np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2), 0, 1)[..., None]  # soft 1-px edge
             base, grad = rng.uniform(0.0, 1.0, 3), rng.normal(0, 0.3 / side, (2, 3))
@@ -153,13 +129,16 @@ def synthetic_patches(count: int = INT8_PATCHES, lr_patch: int = 48, seed: int |
 
 
 def equalize(model, patches: Iterable[np.ndarray], scale: int, q: float = 0.9999, max_gain: float = 4.0):
-    """The fused ``model`` with balanced ranges in the channels of every :func:`relu_pairs` pair
-    (cross-layer equalisation, Nagel et al. ICCV 2019; exact as ReLU(s x) = s ReLU(x), s > 0):
-    weak channels get more INT8 levels; ``max_gain`` keeps the consumer's weights from losing them."""
-    from .model import fuse_rb
+    """The fused ``model``, cross-layer equalised (Nagel et al. ICCV 2019) over each pair of convolutions
+    joined by a ReLU alone (or PixelShuffles: ``sub`` producer channels per consumer channel); exact as
+    ReLU(s x) = s ReLU(x), s > 0. Weak channels get more INT8 levels; ``max_gain`` bounds the consumer's
+    loss of them."""
+    from .model import fuse_rb, stages
 
     m = fuse_rb(model).float().eval().cpu()
-    pairs = relu_pairs(m, scale)
+    hr = [[c for c in m.upsample[f"x{scale}"] if isinstance(c, nn.Conv2d)][-1], *m.irb, m.tail]
+    pairs = ([(a, b, 1) for a, b in zip(m.body3, m.body1)] + [(hr[0], hr[1], stages(scale)[-1] ** 2)]
+             + [(a, b, 1) for a, b in zip(hr[1:-1], hr[2:])])
     stats: dict = {id(b): [] for _, b, _ in pairs}
 
     def record(mod, inp):
@@ -185,44 +164,28 @@ def equalize(model, patches: Iterable[np.ndarray], scale: int, q: float = 0.9999
     return m
 
 
-def relu_pairs(model, scale: int) -> list[tuple[nn.Conv2d, nn.Conv2d, int]]:
-    """(producer, consumer, sub): the conv pairs of ``model(x, scale)`` joined by a ReLU alone (and
-    PixelShuffles: ``sub`` producer channels per consumer channel), where equalisation is exact."""
-    from .model import stages
-
-    ups = [c for c in model.upsample[f"x{scale}"] if isinstance(c, nn.Conv2d)]
-    hr = [ups[-1], *model.irb, model.tail]
-    return ([(a, b, 1) for a, b in zip(model.body3, model.body1)] + [(hr[0], hr[1], stages(scale)[-1] ** 2)]
-            + [(a, b, 1) for a, b in zip(hr[1:-1], hr[2:])])
-
-
 def int8_model(model, scale: int, patches: list[np.ndarray] | None = None, metadata: dict | None = None,
-               progress=None, opset: int = DEFAULT_OPSET, modules: Iterable[str] = INT8_MODULES):
-    """THE INT8 recipe (``--precision int8``, ``export --int8``): the equalised network, its convolutions of
-    ``modules`` statically quantised (QDQ, ONNX Runtime's tooling) on ``patches`` (default: the built-in set)."""
+               progress=None):
+    """THE INT8 recipe (``--precision int8``, ``export --int8``): the equalised network, its IEEB quantised by
+    ONNX Runtime's tooling on ``patches`` (default: the built-in set), wrapped in ``progress`` (tqdm)."""
     onnx = need("onnx")
     need("onnxruntime")
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
     patches = synthetic_patches(scale=scale) if patches is None else patches
-    proto = to_onnx(equalize(model, patches, scale), scale, opset, metadata=metadata)
+    proto = to_onnx(equalize(model, patches, scale), scale, metadata=metadata)
+    feed = ({INPUT: x} for x in (patches if progress is None else progress(patches)))
 
     class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(patches)
-
         def get_next(self):
-            x = next(self.it, None)
-            if x is not None and progress is not None:
-                progress(1)
-            return None if x is None else {INPUT: x}
+            return next(feed, None)
 
-    keep = set(conv_nodes(proto, *modules))
     g = proto.graph
     consts = {o for n in g.node if n.op_type == "Constant" for o in n.output} | {i.name for i in g.initializer}
-    exclude = [n.name for n in g.node if n.op_type == "Conv" and n.name not in keep  # float: all but the IEEB
-               or n.op_type == "Add" and consts.intersection(n.input)]  # and the mean shift (OpenVINO fails)
+    exclude = [n.name for n in g.node  # float: the convolutions but the IEEB's, the mean shift (OpenVINO fails)
+               if n.op_type == "Conv" and not any(f"/{m}" in n.name for m in INT8_MODULES)
+               or n.op_type == "Add" and consts.intersection(n.input)]
     with tempfile.TemporaryDirectory(prefix="lesrcnn-int8-") as d, open(os.devnull, "w") as null:
         onnx.save(proto, str(Path(d, "fp32.onnx")))
         logging.disable(logging.WARNING)  # the tool's advice to pre-process (root logger) ...
@@ -236,30 +199,11 @@ def int8_model(model, scale: int, patches: list[np.ndarray] | None = None, metad
         finally:
             logging.disable(logging.NOTSET)
         q = onnx.load(str(Path(d, "int8.onnx")))
+    what = (f"{INT8_RECIPE}: static QDQ of {'+'.join(INT8_MODULES)} and the Adds/ReLUs between them (u8 "
+            f"activations, s8 per-channel weights), percentile ranges on {len(patches)} patches")
     props = {p.key: p.value for p in proto.metadata_props}
-    set_props(q, {**props, "precision": "int8", "quantization": f"{INT8_RECIPE}: static QDQ of "
-                  f"{'+'.join(modules)} and the Adds/ReLUs between them (u8 activations, s8 per-channel "
-                  f"weights), percentile ranges on {len(patches)} patches"})
+    onnx.helper.set_model_props(q, {**props, "precision": "int8", "quantization": what})
     return q
-
-
-# --- files and the command -----------------------------------------------------------------------
-
-def save_onnx(proto, path: str | os.PathLike) -> Path:
-    from .io import atomic_write_bytes
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_bytes(path, proto.SerializeToString())
-
-
-def output_paths(out: str, scales: list[int]) -> dict[int, Path]:
-    """One file per scale: ``{scale}`` in the name replaced, else ``_x{s}`` added when there are several."""
-    if "{scale}" in out:
-        return {s: Path(out.replace("{scale}", str(s))) for s in scales}
-    if len(scales) == 1:
-        return {scales[0]: Path(out)}
-    p = Path(out)
-    return {s: p.with_name(f"{p.stem}_x{s}{p.suffix or '.onnx'}") for s in scales}
 
 
 def add_export(sub) -> None:
@@ -282,38 +226,46 @@ def add_export(sub) -> None:
 
 def cmd_export(a) -> int:
     from . import weights as W
-    from .backends import int8_onnx, ort_session
+    from .backends import int8_onnx, ort_runner
 
     if a.int8 and a.opset != DEFAULT_OPSET:
         raise LesrcnnError(f"--int8 writes the model --precision int8 runs, opset {DEFAULT_OPSET}")
-
     ck = W.load(a.weights)
     scales = sorted(set(a.scale)) if a.scale else list(ck.scales)
     for s in scales:
         ck.require_scale(s)
-    paths = output_paths(a.output, scales)
+    out = Path(a.output)  # one file per scale: "{scale}" in the name replaced, else _xS added if several
+    if "{scale}" in a.output:
+        paths = {s: Path(a.output.replace("{scale}", str(s))) for s in scales}
+    else:
+        paths = {s: out if len(scales) == 1 else out.with_name(f"{out.stem}_x{s}{out.suffix or '.onnx'}")
+                 for s in scales}
     for path in paths.values():
         if path.exists() and not a.overwrite:
             raise LesrcnnError(f"{path} exists; pass --overwrite to replace it")
         if path.is_dir():
             raise LesrcnnError(f"{path} is a folder")
-    meta = {"source": Path(str(ck.source)).name}
+    kind = "INT8" if a.int8 else ("fp16" if a.fp16 else "fp32")
     for s, path in paths.items():
-        proto = to_onnx(ck.model, s, opset=a.opset, fp16=a.fp16, metadata=meta)
-        tol = VERIFY_TOL_FP16 if a.fp16 else VERIFY_TOL
-        diff = 0.0 if a.no_verify else verify(proto, ck.model, s)
-        if not diff < tol:
-            raise LesrcnnError(f"x{s}: ONNX Runtime differs from PyTorch by {diff:.3g} (limit {tol:g}); "
-                               "nothing written")
-        note = "" if a.no_verify else f", max |ORT - PyTorch| = {diff:.2e}"
+        note = ""
         if a.int8:  # the very model --precision int8 runs: shipped, cached, or calibrated now and cached
-            proto = need("onnx").load_from_string(int8_onnx(ck.model, s))
+            data = int8_onnx(ck.model, s)
             if not a.no_verify:
                 x = synthetic_patches(1, scale=s)[0]
-                y = ort_session(proto).run(None, {INPUT: x})[0]
+                y = ort_runner(data)(x)
                 d = np.abs(np.clip(y, 0, 1) - np.clip(torch_reference(ck.model, x, s), 0, 1)).mean()
                 note = f", INT8 mean |error| on a synthetic patch = {d * 255:.2f}/255"
-        save_onnx(proto, path)
-        kind = "INT8" if a.int8 else ("fp16" if a.fp16 else "fp32")
+        else:
+            proto = to_onnx(ck.model, s, a.opset, a.fp16, metadata={"source": Path(str(ck.source)).name})
+            tol = VERIFY_TOL_FP16 if a.fp16 else VERIFY_TOL
+            diff = 0.0 if a.no_verify else verify(proto, ck.model, s)
+            if not diff < tol:
+                raise LesrcnnError(f"x{s}: ONNX Runtime differs from PyTorch by {diff:.3g} (limit {tol:g}); "
+                                   "nothing written")
+            if not a.no_verify:
+                note = f", max |ORT - PyTorch| = {diff:.2e}"
+            data = proto.SerializeToString()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, data)
         print(f"wrote {path} (x{s}, {kind}, opset {a.opset}, dynamic height/width{note})")
     return 0

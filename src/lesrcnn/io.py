@@ -42,10 +42,9 @@ def _try_lock(fd: int) -> bool:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[BinaryIO]:
-    """A binary file that becomes ``path`` when the block ends without an exception; on any
-    exception (SIGTERM's included) it is removed and ``path`` is untouched. ``overwrite=False``:
-    FileExistsError if ``path`` exists by then. The temp file is created like any file (0o666 less
-    the umask) and locked, so clean_stale_temps leaves it alone; OS errors name ``path``."""
+    """A binary file that becomes ``path`` when the block ends without an exception (SIGTERM's
+    included: then ``path`` is untouched). ``overwrite=False``: FileExistsError if ``path`` exists by
+    then. The temp file gets a normal file's mode and a lock (clean_stale_temps leaves it alone)."""
     path, tmp = Path(path), ""
     try:
         name = str(path.parent / f".{path.name[:200]}{TEMP_MARK}{secrets.token_hex(4)}")
@@ -112,7 +111,6 @@ ALPHA_FORMATS = frozenset({"PNG", "TIFF", "WEBP"})
 _MAX_SIDE = {"JPEG": 65_500, "WEBP": 16_383, "PNG": 2**31 - 1, "TIFF": 2**32 - 1, "BMP": 2**31 - 1}
 _METADATA = {"icc_profile": ("PNG", "JPEG", "WEBP", "TIFF"), "dpi": ("PNG", "JPEG", "TIFF", "BMP"),
              "exif": ("PNG", "JPEG", "WEBP")}  # what we hand Pillow's 8-bit writers
-_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 class ImageWarning(UserWarning):
@@ -175,13 +173,12 @@ def normalize_format(name: str) -> str:
 
 def writable_format(fmt: str | None) -> str:
     """An input format as an output format: itself where we write it well, PNG otherwise."""
-    fmt = (fmt or "PNG").upper()
     return fmt if fmt in EXTENSION else "PNG"
 
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:
     """HxWx3 -> HxWx1 float32 with the BT.601 luma weights."""
-    return (rgb.astype(np.float32, copy=False) @ _BT601)[..., None]
+    return (rgb.astype(np.float32, copy=False) @ np.float32([0.299, 0.587, 0.114]))[..., None]
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -194,8 +191,7 @@ def _open_image(f: BinaryIO):
     from PIL import Image
 
     with _PIL_LIMIT_LOCK:
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
+        old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
             return Image.open(f)
         finally:
@@ -209,6 +205,15 @@ def _cv2():
     return cv2
 
 
+def _cv2_rgb16(data: bytes) -> np.ndarray | None:
+    """OpenCV's libpng or libtiff: 16-bit RGB(A) (gray+alpha PNG comes as RGBA), else None."""
+    cv2 = _cv2()
+    a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # BGR(A)
+    if a is None or a.dtype != np.uint16 or a.ndim != 3 or a.shape[2] < 3:
+        return None
+    return cv2.cvtColor(a, cv2.COLOR_BGR2RGB if a.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+
+
 def _png16_planes(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
     """Only IHDR, IDAT and IEND go to libpng, which prints warnings about odd ancillary chunks (a bad
     ICC profile...) on stderr; Pillow has read the metadata."""
@@ -218,14 +223,11 @@ def _png16_planes(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
         if kind in (b"IHDR", b"IDAT", b"IEND"):
             kept.append(view[pos:pos + 12 + n])
         pos += 12 + n
-    cv2 = _cv2()
-    a = cv2.imdecode(np.frombuffer(b"".join(kept), np.uint8), cv2.IMREAD_UNCHANGED)  # BGR(A); LA as BGRA
-    if a is None or a.dtype != np.uint16 or a.ndim != 3:
+    a = _cv2_rgb16(b"".join(kept))
+    if a is None:
         raise LesrcnnError("OpenCV could not decode this 16-bit PNG")
-    if a.shape[2] == 3:
-        return cv2.cvtColor(a, cv2.COLOR_BGR2RGB), None
-    rgba = cv2.cvtColor(a, cv2.COLOR_BGRA2RGBA)
-    return (rgba[..., :1] if data[25] == 4 else rgba[..., :3]), rgba[..., 3]  # colour type 4: gray+alpha
+    alpha = a[..., 3] if a.shape[2] == 4 else None
+    return (a[..., :1] if data[25] == 4 else a[..., :3]), alpha  # colour type 4: gray+alpha
 
 
 def _tiff16_planes(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
@@ -239,11 +241,10 @@ def _tiff16_planes(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
         except ValueError as e:
             if "imagecodecs" not in str(e):
                 raise
-            a = _cv2().imdecode(np.frombuffer(data, np.uint8), -1)  # LZW, JPEG...: libtiff in OpenCV
-            if a is None or a.dtype != np.uint16 or a.ndim != 3 or a.shape[2] != page.samplesperpixel:
+            a = _cv2_rgb16(data)  # LZW, JPEG...: libtiff in OpenCV
+            if a is None or a.shape[2] != page.samplesperpixel:
                 raise LesrcnnError(f"this 16-bit TIFF's {page.compression.name} compression needs "
                                    f"'pip install imagecodecs'") from None
-            a = a[..., [2, 1, 0, 3][:a.shape[2]]]  # OpenCV's BGR(A) -> RGB(A)
         ncolor = 3 if page.photometric == 2 else 1
         color = a[..., :ncolor]
         extra = page.extrasamples[0] if page.extrasamples else 2  # no tag: alpha, as Pillow reads it
@@ -381,8 +382,6 @@ def read_picture(src: str | os.PathLike | bytes | BinaryIO, max_pixels: int | No
     try:
         with open(src, "rb") if data is None else io.BytesIO(data) as f, _open_image(f) as im:
             w, h = im.size
-            if w <= 0 or h <= 0:
-                raise LesrcnnError(f"{name}: zero-size image ({w}x{h})")
             if max_pixels is not None and w * h > max_pixels:
                 raise LesrcnnError(f"{name}: {w}x{h} = {_pixels(w * h)} is above the limit of "
                                    f"{_pixels(max_pixels)} (decompression bomb guard); raise --max-pixels to "
@@ -402,20 +401,15 @@ def read_picture(src: str | os.PathLike | bytes | BinaryIO, max_pixels: int | No
 
 def picture_from_pil(im, name: str = "<PIL image>") -> Picture:
     """An in-memory PIL image as a :class:`Picture` (EXIF orientation applied, like a file)."""
-    if im.width == 0 or im.height == 0:
-        raise LesrcnnError(f"{name}: zero-size image")
     im.load()
     return _picture(im, *_standard_planes(im, name, im.info.get("icc_profile") or None), name)
 
 
 def picture_to_pil(pic: Picture):
-    """A :class:`Picture` of uint8 (any layout) or 16-bit gray as a PIL image, metadata in ``info``."""
+    """A :class:`Picture` of uint8 (any layout) or 16-bit gray (PIL has no other 16-bit mode) as a
+    PIL image, metadata in ``info``."""
     from PIL import Image
 
-    if pic.bits == 16 and (not pic.gray or pic.alpha is not None):
-        raise LesrcnnError("PIL has no 16-bit colour or 16-bit alpha mode; use an array or write a PNG/TIFF")
-    if pic.bits not in (8, 16):
-        raise LesrcnnError("only 8-bit and 16-bit pictures convert to PIL images")
     planes = _planes(pic.color, pic.alpha)
     im = Image.fromarray(np.ascontiguousarray(planes[..., 0] if planes.shape[2] == 1 else planes))
     im.info.update({k: v for k, v in (("icc_profile", pic.icc), ("dpi", pic.dpi), ("exif", pic.exif)) if v})
@@ -435,14 +429,13 @@ def to_8bit(a: np.ndarray) -> np.ndarray:
     return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def flatten_alpha(color: np.ndarray, alpha: np.ndarray, background: float = 1.0) -> np.ndarray:
-    """Composite over a flat background (1.0: white), same dtype out, 512 rows at a time (memory)."""
+def flatten_alpha(color: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """uint8/uint16 composited over white, 512 rows at a time (memory)."""
     mv = max_value(color.dtype)
     out = np.empty_like(color)
     for y in range(0, color.shape[0], 512):
         w = alpha[y:y + 512, :, None].astype(np.float32) / mv
-        v = color[y:y + 512].astype(np.float32) * w + (background * mv) * (1.0 - w)
-        out[y:y + 512] = np.clip(np.floor(v + 0.5), 0, mv).astype(color.dtype) if mv > 1 else np.clip(v, 0, 1)
+        out[y:y + 512] = np.floor(color[y:y + 512].astype(np.float32) * w + mv * (1.0 - w) + 0.5)
     return out
 
 
@@ -458,18 +451,18 @@ def _encodable(pic: Picture, fmt: str) -> Picture:
     if pic.bits == 16 and fmt not in DEEP_FORMATS:
         warn(f"{pic.source}: {fmt} holds 8 bits per sample; the 16-bit result is reduced to 8 bits")
         pic = replace(pic, color=to_8bit(pic.color), alpha=None if pic.alpha is None else to_8bit(pic.alpha))
-    icc_limit = {"PNG": PngImagePlugin.MAX_TEXT_CHUNK, "JPEG": 255 * (65533 - 14)}.get(fmt, math.inf)
-    if pic.icc and len(pic.icc) > icc_limit:
-        warn(f"{pic.source}: {len(pic.icc):,}-byte ICC profile is too large for {fmt}; not written")
-        pic = replace(pic, icc=None)
+    limits = {"icc": ("ICC profile", {"PNG": PngImagePlugin.MAX_TEXT_CHUNK, "JPEG": 255 * (65533 - 14)}),
+              "exif": ("EXIF block", {"JPEG": 65533})}
+    for field, (what, limit) in limits.items():
+        data = getattr(pic, field)
+        if data and len(data) > limit.get(fmt, math.inf):
+            warn(f"{pic.source}: {len(data):,}-byte {what} is too large for {fmt}; not written")
+            pic = replace(pic, **{field: None})
     dpi = _clean_dpi(pic.dpi)
     if pic.dpi and not (dpi and all(1 <= round(d) <= 65535 if fmt == "JPEG" else 1 <= d / 0.0254 + 0.5 < 2**31
                                     for d in dpi)):
         warn(f"{pic.source}: DPI {pic.dpi[0]:g}x{pic.dpi[1]:g} does not fit a {fmt} file; not written")
         pic = replace(pic, dpi=None)
-    if pic.exif and fmt == "JPEG" and len(pic.exif) > 65533:
-        warn(f"{pic.source}: {len(pic.exif):,}-byte EXIF block is too large for JPEG; not written")
-        pic = replace(pic, exif=None)
     return pic
 
 
@@ -519,9 +512,8 @@ def _write_png16(pic: Picture, f: BinaryIO) -> None:
     else:
         to_bgr = cv2.COLOR_RGB2BGR if a is None else cv2.COLOR_RGBA2BGRA
         img = cv2.cvtColor(np.ascontiguousarray(_planes(c, a)), to_bgr)
-    fast = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
-    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV 4.12+
-        fast += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS]
+    fast = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+            cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS]
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(img), fast)
     if not ok:
         raise ValueError("OpenCV could not encode the PNG")

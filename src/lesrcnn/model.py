@@ -37,14 +37,10 @@ VARIANTS: dict[str, Variant] = {
 
 
 def check_scale(scale, allowed: tuple[int, ...] = SCALES) -> int:
-    """The one scale check: an integer in ``allowed``, else a LesrcnnError."""
-    try:
-        s = int(scale)
-    except (TypeError, ValueError):
-        s = None
-    if s is None or s != scale or s not in allowed:
+    """The one scale check: an integer (4.0 too, not "4") in ``allowed``, else a LesrcnnError."""
+    if scale not in allowed:
         raise LesrcnnError(f"unsupported scale {scale!r}: this model serves x{', x'.join(map(str, allowed))}")
-    return s
+    return int(scale)
 
 
 class Upsampler(nn.Sequential):
@@ -193,8 +189,7 @@ def conv_calls(model: LESRCNN, scale: int) -> list[tuple[nn.Conv2d, int]]:
 
 def build(scale: int | str | tuple[int, ...], variant: str = "full") -> LESRCNN:
     """``build(2)``, ``build("multi")`` or ``build((2, 3, 4))``."""
-    scales = SCALES if scale == "multi" else scale
-    return LESRCNN(scales=scales, variant=variant)
+    return LESRCNN(scales=SCALES if scale == "multi" else scale, variant=variant)
 
 
 # --- initialisation that makes an untrained LESRCNN already interpolate ---------------------

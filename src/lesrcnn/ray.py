@@ -1,20 +1,16 @@
-"""Batch upscaling on a Ray cluster (extra ``ray``): Ray Data with one model per actor, CPU or GPU
-actors, outputs written atomically and existing ones skipped, so a job run again does only what
-is left. Every worker needs ``lesrcnn[ray]`` and the input and output paths under the same names
-(a shared file system), or inputs given as bytes. This module imports the real ``ray`` package
-with absolute imports, so the two names do not collide.
-"""
+"""Batch upscaling on a Ray cluster (extra ``ray``): Ray Data with one model per CPU or GPU actor;
+outputs are written atomically and existing ones skipped, so a job run again does only what is left.
+Workers need ``lesrcnn[ray]`` and the paths under the same names (a shared file system), or bytes."""
 from __future__ import annotations
 
 import logging
 import os
 import socket
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import LesrcnnError
+from .errors import LesrcnnError, first_line
 
 
 @dataclass
@@ -22,19 +18,17 @@ class Report:
     written: int = 0
     skipped: int = 0  # outputs that existed already (before the job or written meanwhile)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (output, one-line reason)
-    seconds: float = 0.0
 
 
 class UpscaleActor:
-    """One Ray actor: loads the model once, then reads, upscales and writes each row's image."""
+    """One Ray actor (one CPU thread, or its GPU): loads the model once, then upscales row by row."""
 
-    def __init__(self, scale: int, weights, options: dict, threads: int, overwrite: bool,
-                 quality: int | None):
+    def __init__(self, scale: int, weights, options: dict, overwrite: bool, quality: int | None):
         import torch
 
         from .upscale import Upscaler
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(1)
         self.up = Upscaler(scale, weights, **options)
         self.overwrite, self.quality = overwrite, quality
 
@@ -48,18 +42,14 @@ class UpscaleActor:
         except (LesrcnnError, OSError, MemoryError, RuntimeError) as e:
             if not self.overwrite and os.path.exists(dst):  # written before the job, or meanwhile
                 return {"dst": dst, "status": "skipped", "error": ""}
-            error = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            if data:  # read_picture calls in-memory input <stdin>
-                error = error.replace("<stdin>", f"<bytes for {Path(dst).name}>")
-            return {"dst": dst, "status": "failed", "error": error[:300]}
+            error = first_line(e).replace("<stdin>", f"<bytes for {Path(dst).name}>")  # read_picture's name
+            return {"dst": dst, "status": "failed", "error": error}
 
 
 def connect(address: str | None = None, **init_kwargs) -> None:
     """``ray.init`` once (a local instance without ``address`` and ``$RAY_ADDRESS``)."""
-    try:
-        import ray
-    except ImportError:
-        raise LesrcnnError("Ray batch upscaling needs `pip install lesrcnn[ray]`") from None
+    import ray  # missing: cli.main names the extra to install
+
     if ray.is_initialized():
         return
     kw = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING, **init_kwargs}
@@ -75,21 +65,19 @@ def connect(address: str | None = None, **init_kwargs) -> None:
         ray.init(**kw)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise LesrcnnError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
-                           f"{str(e).strip().splitlines()[0][:200]}") from None
+                           f"{first_line(e)}") from None
 
 
 def upscale_dataset(items, *, scale: int = 2, weights=None, address: str | None = None,
-                    actors: int | None = None, cpus_per_actor: float = 1.0,
                     gpus_per_actor: float | None = 0.0, overwrite: bool = False, quality: int | None = None,
                     upscaler_options: dict | None = None, progress: bool = True) -> Report:
     """Upscale ``items`` -- (source, output) or (source, output, format), the source a path or the
-    image's bytes. ``actors``: pool size (default: what the cluster's CPUs, or GPUs, allow);
-    ``gpus_per_actor`` None: one GPU per actor if the cluster has GPUs; ``upscaler_options``:
-    :class:`~lesrcnn.upscale.Upscaler` keywords; ``progress``: Ray Data's progress bars."""
+    image's bytes -- with one actor per CPU of the cluster, or per ``gpus_per_actor`` GPUs (None:
+    one GPU each if the cluster has GPUs). ``upscaler_options``: :class:`~lesrcnn.upscale.Upscaler`
+    keywords; ``progress``: Ray Data's progress bars."""
     from .model import check_scale
 
     check_scale(scale)
-    t0 = time.perf_counter()
     rows, report = [], Report()
     for src, dst, fmt in ((*item, None)[:3] for item in items):
         if not overwrite and os.path.exists(dst):
@@ -97,33 +85,31 @@ def upscale_dataset(items, *, scale: int = 2, weights=None, address: str | None 
         else:
             raw = bytes(src) if isinstance(src, (bytes, bytearray, memoryview)) else b""
             rows.append({"src": "" if raw else str(src), "data": raw, "dst": str(dst), "fmt": fmt or ""})
-    if rows:
-        connect(address)
-        import ray
+    if not rows:
+        return report
+    connect(address)
+    import ray
 
-        res = ray.cluster_resources()
-        gpus = (1.0 if res.get("GPU", 0) > 0 else 0.0) if gpus_per_actor is None else gpus_per_actor
-        options = dict(upscaler_options or {})
-        if options.get("device", "auto") == "auto":
-            options["device"] = "cuda" if gpus > 0 else "cpu"
-        per = gpus or cpus_per_actor
-        n = actors or (int(res.get("GPU" if gpus > 0 else "CPU", 0.0) // per) if per > 0 else 1)
-        # Ray Data's INFO lines (and its progress, logged line by line when stderr is not a terminal)
-        # would bury the CLI's own one-line messages; $RAY_DATA_LOG_LEVEL still wins if set
-        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING" if progress else "ERROR")
-        logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
-        ray.data.DataContext.get_current().enable_progress_bars = progress
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # one image per block: even spread
-        out = ds.map(UpscaleActor, compute=ray.data.ActorPoolStrategy(size=max(1, min(n, len(rows)))),
-                     num_cpus=cpus_per_actor, num_gpus=gpus,
-                     fn_constructor_kwargs={"scale": scale, "weights": weights, "options": options,
-                                            "threads": max(1, int(cpus_per_actor)), "overwrite": overwrite,
-                                            "quality": quality})
-        done = list(out.iter_rows())
-        report.written = sum(row["status"] == "written" for row in done)
-        report.skipped += sum(row["status"] == "skipped" for row in done)
-        report.failed = [(row["dst"], row["error"]) for row in done if row["status"] == "failed"]
-    report.seconds = time.perf_counter() - t0
+    res = ray.cluster_resources()
+    gpus = (1.0 if res.get("GPU", 0) > 0 else 0.0) if gpus_per_actor is None else gpus_per_actor
+    options = dict(upscaler_options or {})
+    if options.get("device", "auto") == "auto":
+        options["device"] = "cuda" if gpus > 0 else "cpu"
+    actors = int(res.get("GPU", 0) // gpus) if gpus > 0 else int(res.get("CPU", 1))
+    # Ray Data's INFO lines (and its progress, logged line by line when stderr is not a terminal)
+    # would bury the CLI's own one-line messages; $RAY_DATA_LOG_LEVEL still wins if set
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING" if progress else "ERROR")
+    logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # one image per block: even spread
+    out = ds.map(UpscaleActor, compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(rows)))),
+                 num_cpus=1, num_gpus=gpus,
+                 fn_constructor_kwargs={"scale": scale, "weights": weights, "options": options,
+                                        "overwrite": overwrite, "quality": quality})
+    done = list(out.iter_rows())
+    report.written = sum(row["status"] == "written" for row in done)
+    report.skipped += sum(row["status"] == "skipped" for row in done)
+    report.failed = [(row["dst"], row["error"]) for row in done if row["status"] == "failed"]
     return report
 
 

@@ -1,10 +1,6 @@
 """``lesrcnn serve``: a web page and an HTTP API for upscaling (FastAPI + uvicorn, extra ``serve``).
-
-Routes: POST /v1/upscale (a multipart ``file`` or the raw image; ``scale``, ``weights`` as form
-fields or in the query), GET /healthz, GET /v1/info, GET / (the page). Every refusal is a JSON
-``{"error": ...}`` with a 4xx status, never a traceback. At most ``concurrency`` tiled
-inferences run and ``queue`` requests are admitted at a time: memory stays bounded.
-"""
+Every refusal is a JSON ``{"error": ...}`` with a 4xx status, never a traceback; bounded inferences,
+queue and body size keep memory bounded whatever the clients send."""
 from __future__ import annotations
 
 import argparse
@@ -15,23 +11,11 @@ import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from importlib import resources
 
 from .errors import LesrcnnError
 
-SCALES = (2, 3, 4)
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_upload: int = 25 * 1024 * 1024  # bytes of one request body
-    max_pixels: int = 4_000_000  # input pixels (x4 of that is a 64 MP output)
-    concurrency: int = 1  # inferences at a time
-    queue: int = 32  # requests admitted at a time (reading, waiting or running); more: 503
-    timeout: float = 120.0  # seconds from admission to the answer; more: 504
-    read_timeout: float = 30.0  # seconds to receive the body; more: 408
-    tile: int = 256  # LR tile side (tiled == untiled; bounds activation memory)
+READ_TIMEOUT = 30.0  # seconds to receive a request body; more: 408
 
 
 class ApiError(Exception):
@@ -58,37 +42,27 @@ def check_pixels(data: bytes, max_pixels: int, name: str) -> None:
                             f"{max_pixels / 1e6:g} MP")
 
 
-def parse_scale(v) -> int:
-    try:
-        s = int(str(v).strip())
-    except ValueError:
-        s = 0
-    if s not in SCALES:
-        raise ApiError(400, f"scale must be 2, 3 or 4, got {str(v)[:20]!r}")
-    return s
-
-
-async def read_body(request, limits: Limits) -> bytes:
+async def read_body(request, max_upload: int) -> bytes:
     """The body, at most ``max_upload`` bytes (413 beyond, after draining a bounded amount so
-    that the client reads the answer), within ``read_timeout`` (408)."""
+    that the client reads the answer), within READ_TIMEOUT (408)."""
     chunks, size = [], 0
 
     async def pull() -> None:
         nonlocal size
         async for chunk in request.stream():
             size += len(chunk)
-            if size > limits.max_upload * 4:
+            if size > max_upload * 4:
                 break  # stop draining; the connection closes after the answer
-            if size <= limits.max_upload:
+            if size <= max_upload:
                 chunks.append(chunk)
     try:
-        await asyncio.wait_for(pull(), limits.read_timeout)
+        await asyncio.wait_for(pull(), READ_TIMEOUT)
     except asyncio.TimeoutError:
-        raise ApiError(408, f"the upload took longer than {limits.read_timeout:g} s") from None
+        raise ApiError(408, f"the upload took longer than {READ_TIMEOUT:g} s") from None
     except Exception:  # the client went away mid-body
         raise ApiError(400, "the upload was interrupted") from None
-    if size > limits.max_upload:
-        raise ApiError(413, f"upload larger than the limit of {limits.max_upload / 2**20:g} MB")
+    if size > max_upload:
+        raise ApiError(413, f"upload larger than the limit of {max_upload / 2**20:g} MB")
     return b"".join(chunks)
 
 
@@ -115,31 +89,28 @@ async def parse_upload(request, body: bytes) -> tuple[bytes, str, dict]:
 
 
 class Service:
-    """The request path: admission (the queue bound), body, checks, an inference slot."""
+    """The models, loaded once each, and the bounds on the requests that use them."""
 
-    def __init__(self, limits: Limits, weights: str | None, device: str):
-        from .integrations import available_weight_sets
+    def __init__(self, a: argparse.Namespace):
+        from .weights import embedded_path
 
-        self.limits, self.device = limits, device
-        self.sets = {name: name for name in available_weight_sets()}
-        if weights is not None:
-            self.sets["default"] = weights  # --weights FILE serves as the default set
+        self.a, self.admitted, self.max_upload = a, 0, int(a.max_upload_mb * 2**20)
+        # weight-set name -> weights.load's spec; --weights FILE (or None: embedded) is "default"
+        self.sets = {"default": a.weights, **({"real": "real"} if embedded_path("real").is_file() else {})}
         self._ups: dict = {}
         self._guard = threading.Lock()
-        self.pool = ThreadPoolExecutor(max_workers=limits.concurrency, thread_name_prefix="lesrcnn-infer")
-        self.slots = asyncio.Semaphore(limits.concurrency)
-        self.admitted = self.running = 0
+        # Its threads are the inference slots. A request that times out while queued here is
+        # cancelled and never runs; one that is running keeps its slot until the work ends.
+        self.pool = ThreadPoolExecutor(max_workers=a.concurrency, thread_name_prefix="lesrcnn-infer")
 
     def upscaler(self, scale: int, weights: str):
         """The Upscaler of (scale, weight set), loaded on first use, and its lock (one image at a
         time: with --concurrency above 1, other scales and weight sets run beside it)."""
-        from .integrations import resolve_weights
         from .upscale import Upscaler
 
         with self._guard:
             if (scale, weights) not in self._ups:
-                up = Upscaler(scale, resolve_weights(self.sets[weights]), self.device, tile=self.limits.tile,
-                              max_pixels=self.limits.max_pixels)
+                up = Upscaler(scale, self.sets[weights], self.a.device, tile=self.a.tile)
                 self._ups[scale, weights] = up, threading.Lock()
             return self._ups[scale, weights]
 
@@ -148,66 +119,62 @@ class Service:
         from .io import read_picture, write_picture
 
         up, lock = self.upscaler(scale, weights)
-        pic = read_picture(data, self.limits.max_pixels, name=name)
+        pic = read_picture(data, self.a.max_pixels, name=name)
         with lock:
-            res = up.upscale_picture(pic, 16 if pic.bits == 16 else 8)
+            res = up.upscale_picture(pic, pic.bits)
         buf = io.BytesIO()
         write_picture(res, buf, "PNG")
         return buf.getvalue()
 
     async def handle(self, request):
+        """POST /v1/upscale: admission (the queue bound), body, checks, an inference thread, PNG."""
         from fastapi.responses import Response
 
-        if self.admitted >= self.limits.queue:
+        if self.admitted >= self.a.queue:
             raise ApiError(503, f"busy: {self.admitted} requests in progress; retry later")
         self.admitted += 1
         try:
-            png, scale = await asyncio.wait_for(self._process(request), self.limits.timeout)
+            png, scale = await asyncio.wait_for(self._process(request), self.a.timeout)
         except asyncio.TimeoutError:
-            raise ApiError(504, f"not done within {self.limits.timeout:g} s; try a smaller image") from None
+            raise ApiError(504, f"not done within {self.a.timeout:g} s; try a smaller image") from None
         finally:
             self.admitted -= 1
         return Response(png, media_type="image/png", headers={"X-Lesrcnn-Scale": str(scale)})
 
     async def _process(self, request) -> tuple[bytes, int]:
-        data, name, fields = await parse_upload(request, await read_body(request, self.limits))
+        from .model import check_scale
+
+        data, name, fields = await parse_upload(request, await read_body(request, self.max_upload))
         if not data:
             raise ApiError(400, "no image in the request (empty body or empty file)")
-        scale = parse_scale(fields.get("scale", request.query_params.get("scale", 2)))
+        field = str(fields.get("scale", request.query_params.get("scale", "2"))).strip()[:20]
         weights = fields.get("weights", request.query_params.get("weights", "default"))
-        if weights not in self.sets:
-            raise ApiError(400, f"unknown weights {weights[:40]!r}; choose from {', '.join(self.sets)}")
-        check_pixels(data, self.limits.max_pixels, name)
-        await self.slots.acquire()  # a request that times out while waiting here never runs
-        self.running += 1
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.pool, self.upscale_bytes, data, scale, weights, name)
-        fut.add_done_callback(self._release)  # the slot frees when the work ends, not the request
         try:
-            return await asyncio.shield(fut), scale  # a timeout leaves the thread to finish
+            scale = check_scale(int(field) if field.isdigit() else field)
+            if weights not in self.sets:
+                raise ApiError(400, f"unknown weights {weights[:40]!r}; choose from {', '.join(self.sets)}")
+            check_pixels(data, self.a.max_pixels, name)
+            loop = asyncio.get_running_loop()
+            png = await loop.run_in_executor(self.pool, self.upscale_bytes, data, scale, weights, name)
         except LesrcnnError as e:
             raise ApiError(400, str(e)) from None
         except (MemoryError, RuntimeError) as e:
             raise ApiError(503, f"the server could not process this image ({type(e).__name__})") from None
-
-    def _release(self, fut) -> None:
-        self.running -= 1
-        self.slots.release()
-        if not fut.cancelled():
-            fut.exception()  # retrieved, so a timed-out request's error is not logged as unhandled
+        return png, scale
 
 
-def create_app(limits: Limits = Limits(), weights: str | None = None, device: str = "cpu"):
-    """The ASGI app. The default weight set's x2 model loads here, so that a broken installation
-    fails at start rather than on the first request."""
+def create_app(a: argparse.Namespace):
+    """The ASGI app for ``lesrcnn serve``'s options. The default weight set's x2 model loads here,
+    so that a broken installation fails at start rather than on the first request."""
     from fastapi import FastAPI
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException
 
     from . import __version__
+    from .model import SCALES
 
     warnings.simplefilter("ignore")  # Pillow's bomb warnings and image notes: the API answers instead
-    service = Service(limits, weights, device)
+    service = Service(a)
     service.upscaler(2, "default")
     app = FastAPI(title="LESRCNN", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     page = (resources.files("lesrcnn") / "web" / "index.html").read_text(encoding="utf-8")
@@ -226,34 +193,33 @@ def create_app(limits: Limits = Limits(), weights: str | None = None, device: st
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "running": service.running, "admitted": service.admitted}
+        return {"status": "ok", "admitted": service.admitted}
 
     @app.get("/v1/info")
     async def info():
         return {"version": __version__, "scales": list(SCALES), "weights": list(service.sets),
-                "max_upload_bytes": limits.max_upload, "max_pixels": limits.max_pixels}
+                "max_upload_bytes": service.max_upload, "max_pixels": a.max_pixels}
 
     return app
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
+    from .cli import device_arg
+
     p = sub.add_parser("serve", help="web page and HTTP API for upscaling (needs lesrcnn[serve])",
                        description="A web page and an HTTP API (POST /v1/upscale, GET /healthz) for "
                                    "upscaling; binds to this machine only unless --host says otherwise.")
-    d = Limits()
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--weights", metavar="FILE", help="checkpoint served as the 'default' weight set "
                                                      "(default: the embedded weights)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="inference device")
-    p.add_argument("--max-upload-mb", type=float, default=d.max_upload / 2**20,
-                   help="largest request body (413 above)")
-    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
-                   help="largest input image, in pixels (413 above)")
-    p.add_argument("--concurrency", type=int, default=d.concurrency, help="inferences running at once")
-    p.add_argument("--queue", type=int, default=d.queue, help="requests admitted at once (503 above)")
-    p.add_argument("--timeout", type=float, default=d.timeout, help="seconds per request (504 above)")
-    p.add_argument("--tile", type=int, default=d.tile, help="LR tile side for inference (bounds memory)")
+    p.add_argument("--device", default="cpu", type=device_arg, help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest request body (413 above)")
+    p.add_argument("--max-pixels", type=int, default=4_000_000, help="largest input in pixels (413 above)")
+    p.add_argument("--concurrency", type=int, default=1, help="inferences running at once")
+    p.add_argument("--queue", type=int, default=32, help="requests admitted at once (503 above)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (504 above)")
+    p.add_argument("--tile", type=int, default=256, help="LR tile side for inference (bounds memory)")
     p.set_defaults(func=run)
     return p
 
@@ -261,20 +227,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(a) -> int:
     import uvicorn  # missing: cli.main names the extra to install
 
-    for name, v, lo in (("--port", a.port, 0), ("--concurrency", a.concurrency, 1), ("--queue", a.queue, 1),
-                        ("--max-pixels", a.max_pixels, 1), ("--tile", a.tile, 0)):
-        if v < lo:
-            raise LesrcnnError(f"{name} must be >= {lo}, got {v}")
-    if a.port > 65535 or a.max_upload_mb <= 0 or a.timeout <= 0:
-        raise LesrcnnError("--port must be <= 65535, --max-upload-mb and --timeout > 0")
+    for name, v in (("--concurrency", a.concurrency), ("--queue", a.queue), ("--max-pixels", a.max_pixels),
+                    ("--max-upload-mb", a.max_upload_mb), ("--timeout", a.timeout)):  # --tile: the Upscaler's
+        if v <= 0:
+            raise LesrcnnError(f"{name} must be > 0, got {v}")
     try:  # a taken port or a bad host is one line here, not uvicorn's log
         socket.create_server((a.host, a.port)).close()
-    except OSError as e:
-        raise LesrcnnError(f"cannot listen on {a.host}:{a.port}: {e.strerror or e}") from None
-    limits = Limits(max_upload=int(a.max_upload_mb * 2**20), max_pixels=a.max_pixels,
-                    concurrency=a.concurrency, queue=a.queue, timeout=a.timeout, tile=a.tile)
-    app = create_app(limits, a.weights, a.device)
+    except (OSError, OverflowError) as e:  # OverflowError: a port outside 0..65535
+        reason = getattr(e, "strerror", None) or e
+        raise LesrcnnError(f"cannot listen on {a.host}:{a.port}: {reason}") from None
+    app = create_app(a)
     print(f"lesrcnn: serving on http://{a.host}:{a.port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning", timeout_keep_alive=5,
-                limit_concurrency=limits.queue * 2 + 16)
+                limit_concurrency=a.queue * 2 + 16)
     return 0

@@ -1,13 +1,12 @@
 """``lesrcnn train``: the paper's recipe by default, one CPU to many GPUs (torchrun + DDP), resumable.
-
-Options are declared once (:class:`Options`): the flags, the config-file keys and their checks all
-come from it. The run itself is in :mod:`lesrcnn.train_loop`.
-"""
+:class:`Options` declares each option once: flags, config keys and checks come from it; the run
+itself is :mod:`lesrcnn.train_loop`."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import math
+import sys
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import get_type_hints
@@ -27,15 +26,13 @@ def _opt(default, help: str, choices=None, low: int | None = None):
 class Options:
     data: list[str] = _opt([], "training folder of HR images (repeatable); HR/ inside it is used if present")
     out: str = _opt("", "run directory (config, metrics, checkpoints)")
-    scale: str = _opt("2", "upscaling factor, or multi for the multi-scale LESRCNN-S",
-                      ["2", "3", "4", "multi"])
+    scale: str = _opt("2", "upscaling factor; multi: the multi-scale LESRCNN-S", ["2", "3", "4", "multi"])
     steps: int = _opt(600_000, "training steps (the paper: 600,000)", low=1)
     batch: int = _opt(64, "patches per step (all processes together)", low=1)
     patch: int = _opt(64, "LR patch side (the paper's 64)", low=1)
     hr_patch: int = _opt(0, "if > 0, one HR patch side for every scale (LR side = hr_patch // scale)", low=0)
     lr: float = _opt(1e-4, "peak learning rate (Adam)", low=1)
-    schedule: str = _opt("step", "step: halve every --decay steps (the paper); cosine: to zero",
-                         ["step", "cosine"])
+    schedule: str = _opt("step", "step: halve every --decay steps; cosine: to zero", ["step", "cosine"])
     decay: int = _opt(400_000, "steps between halvings of the step schedule", low=1)
     warmup: int = _opt(0, "linear warm-up steps", low=0)
     loss: str = _opt("mse", "training loss", ["mse", "l1"])
@@ -43,8 +40,7 @@ class Options:
     variant: str = _opt("full", "network variant: full, or one of the paper's ablations in model.VARIANTS")
     init: str = _opt("random", "start from random weights or a cubic interpolator", ["random", "interp"])
     init_weights: str = _opt("", "start from one of our safetensors checkpoints (never an official .pth)")
-    degradation: str = _opt("bicubic", "LR: MATLAB bicubic, or a random real-photo chain per patch "
-                                       "(blur, resize, noise, JPEG: lesrcnn.degrade)", ["bicubic", "real"])
+    degradation: str = _opt("bicubic", "LR: MATLAB bicubic, or random blur/noise/JPEG", ["bicubic", "real"])
     ema: float = _opt(0.0, "exponential moving average of the weights (e.g. 0.999); 0: off")
     val: list[str] = _opt([], "validation folder (repeatable); best.safetensors keeps the best PSNR")
     val_every: int = _opt(1000, "steps between validations", low=1)
@@ -57,8 +53,7 @@ class Options:
     seed: int = _opt(0, "random seed (weights, patches)")
     threads: int = _opt(0, "CPU threads (0: torch's default)", low=0)
     workers: int = _opt(0, "processes that decode the training images at start-up (0: automatic)", low=0)
-    max_minutes: float = _opt(0.0, "stop and save after this wall time; a cosine schedule ends there "
-                                   "(0: no limit)", low=0)
+    max_minutes: float = _opt(0.0, "stop and save after this wall time; cosine ends there (0: off)", low=0)
 
     def scales(self) -> tuple[int, ...]:
         return (2, 3, 4) if self.scale == "multi" else (int(self.scale),)
@@ -79,10 +74,8 @@ def _checked(key: str, v, where: str):
     flag = f"--{key.replace('_', '-')}"
     name = f"{where}: {key}" if where else flag
     if typ == list[str]:
-        if isinstance(v, str):
-            raise LesrcnnError(f"{name} must be a list of folders, e.g. {key} = [\"{v}\"], not a string")
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise LesrcnnError(f"{name} must be a list of folder names, got {v!r}")
+            raise LesrcnnError(f"{name} must be a list of folder names, e.g. {key} = [\"dir\"], got {v!r}")
         return list(v)
     if meta["choices"] and type(v) is int and str(v) in meta["choices"]:
         v = str(v)  # scale = 3 in a TOML file
@@ -92,6 +85,8 @@ def _checked(key: str, v, where: str):
         raise LesrcnnError(f"{name} must be one of {', '.join(meta['choices'])}, got {v!r}")
     if meta["low"] is not None and (v < 0 or (meta["low"] and v == 0)):
         raise LesrcnnError(f"{flag} must be {'positive' if meta['low'] else '>= 0'}")
+    if key == "ema" and not 0 <= v < 1:
+        raise LesrcnnError("--ema must be in [0, 1), e.g. 0.999")
     return float(v) if typ is float else v
 
 
@@ -105,14 +100,7 @@ def _checked_keys(raw: dict, where: str = "") -> dict:
 
 def make_options(raw: dict, where: str = "") -> Options:
     """Options from a dict of keys (a config file's or flags'), checked against the schema."""
-    o = Options(**_checked_keys(raw, where))
-    from .model import VARIANTS  # torch: imported only when a run is set up, not for --help
-
-    if o.variant not in VARIANTS:
-        raise LesrcnnError(f"--variant must be one of {', '.join(VARIANTS)}, got {o.variant!r}")
-    if not 0 <= o.ema < 1:
-        raise LesrcnnError("--ema must be in [0, 1), e.g. 0.999")
-    return o
+    return Options(**_checked_keys(raw, where))  # --variant: the model checks it before anything is written
 
 
 def load_config(path: str) -> dict:
@@ -120,7 +108,8 @@ def load_config(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise LesrcnnError(f"config file not found: {p}")
-    module = {".toml": "tomllib", ".json": "json", ".yaml": "yaml", ".yml": "yaml"}.get(p.suffix.lower())
+    toml = "tomllib" if sys.version_info >= (3, 11) else "tomli"  # tomli: the same parser on 3.10
+    module = {".toml": toml, ".json": "json", ".yaml": "yaml", ".yml": "yaml"}.get(p.suffix.lower())
     if module is None:
         raise LesrcnnError(f"config must be .toml, .yaml or .json: {p}")
     try:

@@ -11,6 +11,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
+from itertools import repeat
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -18,8 +19,9 @@ import numpy as np
 import torch
 
 from .data import hr_images, read_rgb
+from .degrade import real_lr
 from .errors import LesrcnnError
-from .resize import crop_to_multiple, imresize
+from .resize import degrade
 
 
 class Flat:
@@ -50,7 +52,7 @@ def _prepare(path: Path, scales: tuple[int, ...], need: int, bicubic: bool) -> t
     hr = read_rgb(path)
     if min(hr.shape[:2]) < need:
         return None
-    return hr, {s: imresize(crop_to_multiple(hr, s), 1.0 / s) for s in (scales if bicubic else ())}
+    return hr, {s: degrade(hr, s)[1] for s in (scales if bicubic else ())}
 
 
 def load_images(folders: list[str], scales: tuple[int, ...], hr_side: dict[int, int], bicubic: bool,
@@ -74,12 +76,9 @@ def load_images(folders: list[str], scales: tuple[int, ...], hr_side: dict[int, 
 
 
 class PatchSampler:
-    """Aligned (LR, HR) patch batches. ``lrs`` empty: LR made per patch by ``degrade.real_lr`` (on
-    the host, in threads, each patch with its own generator seeded from the run's).
-
+    """Aligned (LR, HR) patch batches; ``lrs`` empty: LR made per patch on the host by ``real_lr``.
     Every scale samples only the images at least as large as its HR patch, by area, so a
-    multi-scale run never meets an LR image smaller than its patch (issue 9.6).
-    """
+    multi-scale run never meets an LR image smaller than its patch (issue 9.6)."""
 
     def __init__(self, hrs: list[np.ndarray], lrs: dict[int, list[np.ndarray]], lr_patch: dict[int, int],
                  device: torch.device):
@@ -112,24 +111,13 @@ class PatchSampler:
         """One global batch of n draws, of which this process gathers rows ``part``: (scale, LR, HR),
         float NCHW channels-last in [0, 1] on the device."""
         s, p = self.draw(rng, n)
-        ps = self.lr_patch[s]
+        ps, pd = self.lr_patch[s], torch.from_numpy(p[part])
         if self.real:
-            seeds = rng.integers(2**63, size=n)[part]  # one generator per patch: threads, same result
-            hr = self.hr.gather(torch.from_numpy(p[part]), ps * s)
-            lrs = self.pool.map(partial(_degrade, scale=s), hr.numpy(), seeds)
-            lr = torch.from_numpy(np.stack(list(lrs)))
+            rngs = map(np.random.default_rng, rng.integers(2**63, size=n)[part])  # one per patch (threads)
+            hr = self.hr.gather(pd, ps * s)
+            lr = torch.from_numpy(np.stack(list(self.pool.map(real_lr, hr.numpy(), repeat(s), rngs))))
         else:
-            pd = torch.from_numpy(p[part])
             pd = (pd.pin_memory() if self.device.type == "cuda" else pd).to(self.device, non_blocking=True)
             lr, hr = self.lr[s].gather(pd, ps), self.hr.gather(pd, ps * s, stride=s)
-        return s, _to_float(lr, self.device), _to_float(hr, self.device)
-
-
-def _degrade(hr: np.ndarray, seed: int, scale: int) -> np.ndarray:
-    from .degrade import real_lr
-    return real_lr(hr, scale, np.random.default_rng(seed))
-
-
-def _to_float(a: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """(n, h, w, 3) uint8 -> (n, 3, h, w) float in [0, 1]: channels-last by construction."""
-    return a.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        lr, hr = (t.to(self.device, non_blocking=True).permute(0, 3, 1, 2) for t in (lr, hr))  # NHWC -> NCHW
+        return s, lr.float().div_(255), hr.float().div_(255)

@@ -12,7 +12,6 @@ import io
 import json
 import math
 import os
-import platform
 import re
 import signal
 import sys
@@ -20,24 +19,26 @@ import tempfile
 import time
 import types
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from . import __version__
 from . import weights as W
+from .bench import cpu_name
 from .data import find_dataset, load_pair
 from .errors import LesrcnnError, first_line
+from .evaluate import super_resolve
 from .io import atomic_write_bytes, atomic_write_text, clean_stale_temps
 from .metrics import psnr_y, to_uint8
 from .model import LESRCNN, init_interpolation
 from .train import Options
 from .train_data import PatchSampler, load_images
-
-STATE_FORMAT = 2
 
 
 class NonFinite(LesrcnnError):
@@ -48,8 +49,8 @@ def setup_context(opts: Options, log: Callable | None) -> tuple[torch.device, in
     """Device (the package's one picker), threads, and the DDP process group under torchrun."""
     from .upscale import pick_device
 
-    rank, world, local = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    world = max(1, world)
+    rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = pick_device(opts.device)
@@ -63,7 +64,7 @@ def setup_context(opts: Options, log: Callable | None) -> tuple[torch.device, in
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if opts.batch % world:
         raise LesrcnnError(f"--batch {opts.batch} is not divisible by the {world} processes")
-    log = log or (lambda *a: print(*a, file=sys.stderr, flush=True))
+    log = log or partial(print, file=sys.stderr, flush=True)
     return device, rank, world, log if rank == 0 else (lambda *a: None)
 
 
@@ -75,11 +76,10 @@ def build_model(opts: Options, device: torch.device) -> LESRCNN:
     if opts.init == "interp":
         init_interpolation(model)
     if path := opts.init_weights:
-        pth = path not in W.PRETRAINED and Path(path).is_file() and not W._is_safetensors(Path(path))
-        ck = None if pth else W.load(path)
-        if ck is None or ck.metadata.get("format") != W.FORMAT:
+        if path not in W.PRETRAINED and Path(path).is_file() and not W._is_safetensors(Path(path)):
             raise LesrcnnError(f"--init-weights {path}: not an lesrcnn safetensors checkpoint "
                                "(training never starts from the official .pth weights)")
+        ck = W.load(path)  # a safetensors file that is not ours is refused there
         if not set(model.scales) <= set(ck.scales) or ck.variant != model.variant:
             have, want = ("/x".join(map(str, m.scales)) for m in (ck, model))
             raise LesrcnnError(f"--init-weights {path}: a x{have} '{ck.variant}' model cannot start a "
@@ -109,27 +109,19 @@ ValSet = tuple[str, int, list[tuple[np.ndarray, np.ndarray]]]
 
 def load_val_sets(opts: Options) -> list[ValSet]:
     """Every validation pair read at start-up, so a wrong --val folder stops the run before training."""
-    sets = []
-    for folder in opts.val:
-        for s in opts.scales():
-            ds = find_dataset(folder, s)
-            pairs = ds.pairs[: opts.val_max_images or None]
-            sets.append((f"{ds.name}_x{s}", s, [load_pair(p, s) for p in pairs]))
-    return sets
+    found = [(find_dataset(folder, s), s) for folder in opts.val for s in opts.scales()]
+    return [(f"{ds.name}_x{s}", s, [load_pair(p, s) for p in ds.pairs[: opts.val_max_images or None]])
+            for ds, s in found]
 
 
 @torch.no_grad()
 def validate(model: LESRCNN, sets: list[ValSet]) -> dict[str, float]:
     """Mean PSNR (paper protocol, truncation) per folder and scale, plus their mean."""
-    dev, out = next(model.parameters()).device, {}
+    out = {}
     for name, s, pairs in sets:
-        vals = []
-        for hr, lr in pairs:
-            x = torch.tensor(lr, device=dev).permute(2, 0, 1)[None].float().div(255)
-            vals.append(psnr_y(to_uint8(model(x, s)[0].permute(1, 2, 0)), hr, s))
-        out[name] = float(np.mean(vals))
-    if out:
-        out["mean"] = float(np.mean(list(out.values())))
+        psnrs = [psnr_y(to_uint8(super_resolve(model, lr, s).permute(1, 2, 0)), hr, s) for hr, lr in pairs]
+        out[name] = float(np.mean(psnrs))
+    out["mean"] = float(np.mean(list(out.values())))
     return out
 
 
@@ -181,29 +173,25 @@ class Trainer:
         self.opt = torch.optim.Adam(model.parameters(), lr=opts.lr, fused=device.type == "cuda")
         self.ema = copy.deepcopy(model).requires_grad_(False) if opts.ema else None
         self.rng = np.random.default_rng(opts.seed)
-        self.step, self.best, self.elapsed_before, self.saved_step = 0, -math.inf, 0.0, None
+        self.step, self.step_log, self.best, self.elapsed_before, self.saved_step = 0, 0, -math.inf, 0.0, None
         net = model
         if world > 1:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=len(opts.scales()) > 1, broadcast_buffers=False)
         self.fwd = torch.compile(net) if opts.compile else net
-        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.precision)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
+        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.precision)
+        self.autocast = partial(torch.autocast, device.type, dtype=amp, enabled=amp is not None)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         self.loss_fn = F.mse_loss if opts.loss == "mse" else F.l1_loss
-        per = opts.batch // world
-        self.part = slice(rank * per, (rank + 1) * per)
-        self.loss_sum, self.loss_n, self.last_loss = torch.zeros((), device=device), 0, float("nan")
+        self.part = slice(rank * opts.batch // world, (rank + 1) * opts.batch // world)
+        self.loss_sum, self.last_loss = torch.zeros((), device=device), float("nan")
         self.batch_now: tuple | None = None
         self.last_val, self.val_kind, self.sampler, self.metrics, self.bar = {}, None, None, None, None
         self.t_start = self.t_log = time.time()
-        self.step_log = 0
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.t_start
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
 
     def train_step(self, s: int, x: torch.Tensor, y: torch.Tensor) -> None:
         """Forward, loss, backward, clip, Adam, EMA: all queued on the device, nothing read back."""
@@ -222,24 +210,22 @@ class Trainer:
             torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1 - d)
         self.step += 1
         self.loss_sum += loss.detach()
-        self.loss_n += 1
         self.batch_now = (s, x, y)
 
     def report(self, val: dict | None) -> None:
         """The one host sync (mean loss since the last report, checked finite), metrics, a log line."""
-        loss = (self.loss_sum / self.loss_n).item()
+        now, o, steps = time.time(), self.opts, self.step - self.step_log
+        loss = (self.loss_sum / steps).item()
         if not math.isfinite(loss):
             raise NonFinite(f"loss became {loss} by step {self.step}; stopped, {self.kept()}")
-        now, o = time.time(), self.opts
-        rate = (self.step - self.step_log) / max(1e-9, now - self.t_log)
+        rate = steps / max(1e-9, now - self.t_log)
         self.loss_sum.zero_()
-        self.loss_n, self.last_loss, self.t_log, self.step_log = 0, loss, now, self.step
+        self.last_loss, self.t_log, self.step_log = loss, now, self.step
         if self.rank:
             return
         rec = {"step": self.step, "loss": loss, "lr": lr_at(o, self.step - 1, self.elapsed()),
                "scale": self.batch_now[0], "time": round(self.elapsed(), 2), "steps_per_s": round(rate, 3)}
-        self.metrics.write(json.dumps(rec | (val or {})) + "\n")
-        self.metrics.flush()
+        print(json.dumps(rec | (val or {})), file=self.metrics, flush=True)
         left = (o.steps - self.step) / max(rate, 1e-9)
         if o.max_minutes:
             left = min(left, max(0.0, o.max_minutes * 60 - self.elapsed()))
@@ -254,25 +240,21 @@ class Trainer:
         """PSNR of the weights and of their EMA; the better of the two becomes best.safetensors."""
         if self.rank:
             return None
-        cands = [("raw", self.model, validate(self.model, self.val_sets))]
-        if self.ema:
-            cands.append(("ema", self.ema, validate(self.ema, self.val_sets)))
+        cands = [(k, m, validate(m, self.val_sets)) for k, m in (("raw", self.model), ("ema", self.ema)) if m]
         kind, model, val = max(cands, key=lambda c: c[2]["mean"])
         self.last_val, self.val_kind = val, kind
         if val["mean"] > self.best and self.good(model):
             self.best = val["mean"]
             self.save_weights("best", model, {"val_psnr": val, "weights": kind})
-        return {"val": cands[0][2]} | ({"val_ema": cands[1][2]} if self.ema else {})
+        return {"val" if k == "raw" else "val_ema": v for k, _, v in cands}
 
     @torch.no_grad()
     def good(self, model: LESRCNN) -> bool:
-        """Finite weights that give a finite loss on the last batch: the update did not explode."""
-        ok = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
-        if self.batch_now is not None:
-            s, x, y = self.batch_now
-            with self.autocast():
-                ok &= torch.isfinite(self.loss_fn(model(x, s).float(), y))
-        return bool(ok)
+        """Finite weights (all scales') that give a finite loss on the last batch: no explosion."""
+        s, x, y = self.batch_now
+        with self.autocast():
+            ok = torch.isfinite(self.loss_fn(model(x, s).float(), y))
+        return bool(torch.stack([ok, *(torch.isfinite(p).all() for p in model.parameters())]).all())
 
     def kept(self) -> str:
         if self.saved_step is None:
@@ -287,7 +269,7 @@ class Trainer:
             raise NonFinite(f"the update of step {self.step} made the weights or the loss non-finite; "
                             f"stopped, {self.kept()}")
         buf = io.BytesIO()
-        torch.save({"format": STATE_FORMAT, "step": self.step, "model": self.model.state_dict(),
+        torch.save({"format": 2, "step": self.step, "model": self.model.state_dict(),
                     "ema": self.ema.state_dict() if self.ema else None, "mean": self.model.mean,
                     "optimizer": self.opt.state_dict(), "rng": self.rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state(), "best": self.best, "elapsed": self.elapsed(),
@@ -315,13 +297,13 @@ class Trainer:
         if old.get("scale") != o.scale or old.get("variant") != o.variant:
             raise LesrcnnError(f"cannot resume: {self.out} is a x{old.get('scale')} '{old.get('variant')}' "
                                f"run, not x{o.scale} '{o.variant}'")
-        last_step = last.exists() and (W.load(last).metadata.get("provenance") or {}).get("steps")
         if "model" not in st:
+            ck = W.load(last) if last.exists() else None
+            last_step = ck and (ck.metadata.get("provenance") or {}).get("steps")
             if last_step != step:
                 raise LesrcnnError(f"cannot resume: {last} is from step {last_step} but {path} from step "
                                    f"{step} (the run was killed between the two writes)")
-            ck = W.load(last).model
-            st |= {"model": ck.state_dict(), "mean": ck.mean, "ema": None}
+            st |= {"model": ck.model.state_dict(), "mean": ck.model.mean, "ema": None}
         self.model.load_state_dict(st["model"])
         self.model.mean.copy_(st["mean"])
         self.opt.load_state_dict(st["optimizer"])
@@ -329,17 +311,16 @@ class Trainer:
             self.ema.load_state_dict(st["ema"] or st["model"])
         self.rng.bit_generator.state = st["rng"]
         torch.set_rng_state(st["torch_rng"])
-        self.step, self.best, self.elapsed_before = st["step"], st["best"], st.get("elapsed", 0.0)
-        self.saved_step = self.step
-        self.log(f"resumed {self.out} at step {self.step}")
-        if not self.rank and last_step != self.step:  # killed between the state and the weights
-            self.log(f"{last} (step {last_step}) rewritten from {path} (step {self.step})")
+        self.step = self.saved_step = self.step_log = step
+        self.best, self.elapsed_before = st["best"], st.get("elapsed", 0.0)
+        self.log(f"resumed {self.out} at step {step}")
+        if not self.rank:  # rewritten from the state: a kill may have come between the two writes
             self.save_weights("last", self.model)
 
     def provenance(self) -> dict:
         o = self.opts
         hw = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else \
-            f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+            f"{cpu_name()}, {torch.get_num_threads()} threads"
         recipe = ("scale", "batch", "patch", "hr_patch", "lr", "schedule", "decay", "warmup", "loss", "clip",
                   "init", "init_weights", "degradation", "ema", "variant", "precision", "seed")
         best = round(self.best, 4) if self.best > -math.inf else None
@@ -373,13 +354,13 @@ def loop(t: Trainer) -> str:
 
 
 def setup(opts: Options, resume: bool, log: Callable | None) -> Trainer:
-    """Cheap checks first (options, device, run directory, weights, --val), then the training data."""
+    """Cheap checks first (options, device, weights, run directory, --val), then the training data."""
     if not opts.data:
         raise LesrcnnError("no --data folder given")
     if not opts.out:
         raise LesrcnnError("no --out run directory given")
     device, rank, world, log = setup_context(opts, log)
-    out = Path(opts.out)
+    model, out = build_model(opts, device), Path(opts.out)
     if not rank:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -389,10 +370,10 @@ def setup(opts: Options, resume: bool, log: Callable | None) -> Trainer:
     if resume != (out / "last.state.pt").exists():
         raise LesrcnnError(f"nothing to resume in {out}: no last.state.pt" if resume else
                            f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and not rank:
-        clean_stale_temps(out, 0)  # left by a kill -9 mid-write (a live writer's are locked)
-    t = Trainer(opts, build_model(opts, device), device, rank, world, log, load_val_sets(opts))
+    t = Trainer(opts, model, device, rank, world, log, load_val_sets(opts))
     if resume:
+        if not rank:
+            clean_stale_temps(out, 0)  # left by a kill -9 mid-write (a live writer's are locked)
         t.restore()
     hrs, lrs = load_images(opts.data, opts.scales(), {s: p * s for s, p in opts.lr_patch().items()},
                            opts.degradation == "bicubic", opts.workers, log)
@@ -407,9 +388,9 @@ def setup(opts: Options, resume: bool, log: Callable | None) -> Trainer:
                     if (m := re.match(r'{"step": (\d+),', ln)) and int(m[1]) <= t.step and ln.endswith("\n")]
             atomic_write_text(metrics, "".join(keep))
         t.metrics = open(metrics, "a")
-    from tqdm import tqdm
     t.bar = tqdm(total=opts.steps, initial=t.step, desc="train", dynamic_ncols=True, file=sys.stderr,
                  disable=True if rank else None)
+    t.t_start = t.t_log = time.time()  # loading the data is not training time
     return t
 
 
@@ -417,20 +398,15 @@ def train(opts: Options, resume: bool = False, log: Callable | None = None) -> d
     """Set up, loop, save; returns a summary. An error after training steps saves them first
     (unless the weights went non-finite), and never masks the error."""
     t = setup(opts, resume, log)
-    t.t_start = t.t_log = time.time()
-    t.step_log = t.step
-    try:
-        reason = loop(t)
-    except BaseException as e:
-        if not isinstance(e, NonFinite) and t.step > (t.saved_step or 0):
-            with contextlib.suppress(Exception):
-                t.save()
-                t.log(f"saved step {t.step} to {t.out / 'last.state.pt'} before stopping")
-        raise
-    finally:
-        t.bar.close()
-        if t.metrics is not None:
-            t.metrics.close()
+    with t.bar, t.metrics or contextlib.nullcontext():
+        try:
+            reason = loop(t)
+        except BaseException as e:
+            if not isinstance(e, NonFinite) and t.step > (t.saved_step or 0):
+                with contextlib.suppress(Exception):
+                    t.save()
+                    t.log(f"saved step {t.step} to {t.out / 'last.state.pt'} before stopping")
+            raise
     t.save()
     summary = {"step": t.step, "reason": reason, "loss": t.last_loss, "seconds": round(t.elapsed(), 1),
                "best_val": t.best if t.best > -math.inf else None, "out": str(t.out)}

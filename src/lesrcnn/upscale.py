@@ -77,29 +77,19 @@ def tune_cpu_allocator() -> bool:
         return False
 
 
-def available_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return 4 << 30
-
-
 def _tile_pixels(scale: int, device: torch.device, dtype: torch.dtype) -> float:
-    """LR pixels of tiles whose activations fit a quarter of the free memory (at most 4 GiB)."""
+    """LR pixels of tiles whose activations fit a quarter of the free memory (at most 4 GiB). On the
+    CPU that is MemAvailable: it counts the page cache the kernel gives back, as free memory would not."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            with open("/proc/meminfo") as f:
+                free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration):  # not Linux
+            free = 4 << 30
     per_px = _BYTES_PER_LR_PIXEL[scale] * (2 if dtype == torch.float32 else 1) // 2
-    return min(available_memory_bytes(device) * 0.25, 4 << 30) / per_px
-
-
-def auto_tile(scale: int, device: torch.device, dtype: torch.dtype = torch.float32) -> int:
-    """Largest square LR tile (64..1024, a multiple of 16) whose activations fit the budget."""
-    return max(64, min(1024, int(math.sqrt(_tile_pixels(scale, device, dtype))) // 16 * 16))
+    return min(free * 0.25, 4 << 30) / per_px
 
 
 # --- the one tiler ---------------------------------------------------------------------------------
@@ -109,8 +99,7 @@ def plan_tiles(h: int, w: int, tile: int, overlap: int) -> list[tuple[Box, Box]]
     the whole image. Cores split the image into nearly equal parts (no thin leftover); each is
     padded by ``overlap`` pixels of real image, cut at the border (never padded), so with an overlap
     of at least the receptive margin each output pixel sees exactly its untiled context."""
-    if tile <= 0:
-        return [((0, h, 0, w), (0, h, 0, w))]
+    tile = tile if tile > 0 else max(h, w)
     ny, nx = -(-h // tile), -(-w // tile)
     ys = [round(i * h / ny) for i in range(ny + 1)]
     xs = [round(j * w / nx) for j in range(nx + 1)]
@@ -140,14 +129,11 @@ def tiled_apply(h: int, w: int, scale: int, tile: int, overlap: int, batch: int,
 
 
 @torch.inference_mode()
-def forward_tiled(model: Callable, x: torch.Tensor, scale: int, tile: int = 0, overlap: int | None = None,
-                  batch: int = 4, progress: Progress = None) -> torch.Tensor:
+def forward_tiled(model: Callable, x: torch.Tensor, scale: int, tile: int = 0) -> torch.Tensor:
     """SR of an NCHW batch ``x`` with ``model(x, scale)`` (a network or an engine), tiled in LR
     space when ``tile`` > 0. Output is float, on ``x``'s device, unclamped."""
     n, c, h, w = x.shape
-    if tile <= 0 or (h <= tile and w <= tile):
-        return model(x.contiguous(memory_format=torch.channels_last), scale)
-    overlap = model.receptive_margin() + 2 if overlap is None else overlap
+    overlap = model.receptive_margin() + 2
     out = torch.empty((n, c, h * scale, w * scale), dtype=x.dtype, device=x.device)
     for i in range(n):
         img = x[i:i + 1]
@@ -155,10 +141,10 @@ def forward_tiled(model: Callable, x: torch.Tensor, scale: int, tile: int = 0, o
         def store(b: Box, t: torch.Tensor, i=i) -> None:
             out[i, :, b[0] * scale:b[1] * scale, b[2] * scale:b[3] * scale] = t
 
-        tiled_apply(h, w, scale, tile, overlap, batch,
+        tiled_apply(h, w, scale, tile, overlap, 4,
                     lambda boxes: torch.cat([img[:, :, p[0]:p[1], p[2]:p[3]] for p in boxes]).contiguous(
                         memory_format=torch.channels_last),
-                    lambda xb: model(xb, scale), store, progress)
+                    lambda xb: model(xb, scale), store)
     return out
 
 
@@ -169,11 +155,10 @@ def forward_tiled(model: Callable, x: torch.Tensor, scale: int, tile: int = 0, o
 def _dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
     """The 8 flips/rotations of the self-ensemble (k = 0..7) on NCHW, or their inverses."""
     rot, flip = k % 4, k >= 4
-    if not inverse:
-        x = torch.rot90(x, rot, (2, 3)) if rot else x
-        return x.flip(3) if flip else x
-    x = x.flip(3) if flip else x
-    return torch.rot90(x, -rot, (2, 3)) if rot else x
+    if inverse:
+        return torch.rot90(x.flip(3) if flip else x, -rot, (2, 3))
+    x = torch.rot90(x, rot, (2, 3))
+    return x.flip(3) if flip else x
 
 
 def _quantizer(dtype: np.dtype, quantize: str):
@@ -239,14 +224,16 @@ class Upscaler:
         if self.overlap < margin:
             warnings.warn(f"tile overlap {self.overlap} is below the network's receptive margin ({margin} LR "
                           f"pixels): tile seams may show", ImageWarning, stacklevel=2)
-        self.tile = auto_tile(self.scale, self.device, self.dtype) if tile is None else int(tile)
+        if tile is None:  # the largest square tile (64..1024 LR pixels, a multiple of 16) that fits
+            side = int(math.sqrt(_tile_pixels(self.scale, self.device, self.dtype)))
+            tile = max(64, min(1024, side // 16 * 16))
+        self.tile = int(tile)
         if self.tile < 0 or 0 < self.tile < MIN_TILE:
             raise LesrcnnError(f"tile must be 0 (no tiling) or at least {MIN_TILE} LR pixels, got {tile}")
         self.batch = self._auto_batch() if batch is None else max(1, int(batch))
 
     def _resolve_precision(self, precision: str) -> str:
-        if precision == "int8" and self.device.type != "cpu":
-            raise LesrcnnError(f"--precision int8 runs on the CPU, not {self.device.type}")
+        """int8 off the CPU is refused by :func:`lesrcnn.backends.create`."""
         if precision in ("fp32", "int8") or self.device.type == "cuda":
             if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
                 warnings.warn("this GPU has no bf16; using fp16", ImageWarning, stacklevel=3)
@@ -263,9 +250,8 @@ class Upscaler:
         if self.tile <= 0:
             return 1
         side = self.tile + 2 * self.overlap
-        if self.device.type == "cpu":
-            return int(max(1, min(8, (256 * 256) // (side * side))))
-        return int(max(1, min(8, _tile_pixels(self.scale, self.device, self.dtype) // (side * side))))
+        budget = 256 * 256 if self.device.type == "cpu" else _tile_pixels(self.scale, self.device, self.dtype)
+        return int(max(1, min(8, budget // (side * side))))
 
     def __repr__(self) -> str:
         src = self.checkpoint.source if self.checkpoint is not None else "onnx"
@@ -283,13 +269,10 @@ class Upscaler:
 
     @torch.inference_mode()
     def _infer(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.self_ensemble:
-            return self._forward_once(x)
-        acc = None
-        for k in range(8):
-            y = _dihedral(self._forward_once(_dihedral(x, k).contiguous()), k, inverse=True)
-            acc = y if acc is None else acc.add_(y)
-        return acc.div_(8)
+        acc = self._forward_once(x)  # k = 0 of the self-ensemble: the identity
+        for k in range(1, 8 if self.self_ensemble else 1):
+            acc.add_(_dihedral(self._forward_once(_dihedral(x, k).contiguous()), k, inverse=True))
+        return acc.div_(8) if self.self_ensemble else acc
 
     def run(self, src: np.ndarray, out_dtype=None, progress: Progress = None) -> np.ndarray:
         """HxWxC colour planes (C = 1 gray or 3 RGB; uint8, uint16 or float in [0, 1]) ->
@@ -306,9 +289,7 @@ class Upscaler:
 
         def fetch(boxes: list[Box]) -> torch.Tensor:
             tiles = np.stack([src[p[0]:p[1], p[2]:p[3]] for p in boxes])
-            x = torch.from_numpy(tiles).permute(0, 3, 1, 2).to(torch.float32)
-            if mv != 1.0:
-                x = x.div_(mv)  # as evaluate.super_resolve: uint8 -> float32 / 255
+            x = torch.from_numpy(tiles).permute(0, 3, 1, 2).to(torch.float32).div_(mv)  # as eval: uint8 / 255
             return x.expand(-1, 3, -1, -1) if c == 1 else x
 
         def store(b: Box, t: torch.Tensor) -> None:

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
+import glob
 import io
+import math
 import os
 import sys
 import time
@@ -11,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LesrcnnError, one_line
+from .errors import LesrcnnError, first_line, one_line
 
 DESCRIPTION = """\
 Upscale images x2, x3 or x4 with LESRCNN.
@@ -39,24 +42,19 @@ _NOT_WRITABLE = frozenset({".gif", ".ico", ".icns", ".jp2", ".j2k", ".jpx", ".he
                            ".svg", ".psd", ".exr", ".hdr", ".dng", ".raw", ".cr2", ".nef", ".arw", ".tga",
                            ".pcx", ".dds", ".eps", ".pdf", ".xbm", ".xpm", ".apng", ".ppm", ".pgm", ".pnm",
                            ".pbm", ".jpe", ".jfif", ".im", ".msp", ".sgi", ".qoi", ".blp", ".ftex"})
-#: A temporary file of ours that no live writer holds (locked) is stale after this many seconds.
-STALE_TEMP_S = 2.0
 
 
 def _int_at_least(lo: int, what: str):
     def parse(v: str) -> int:
         try:
-            n = int(v)
+            x = float(v)  # 1e8 and 2.5e7 are integers too
         except ValueError:
-            try:
-                n = int(float(v)) if float(v).is_integer() else None  # 1e8, 2.5e7
-            except (ValueError, OverflowError):
-                n = None
-        if n is None:
+            x = math.nan
+        if not x.is_integer():
             raise argparse.ArgumentTypeError(f"{what} must be an integer, got {v!r}")
-        if n < lo:
-            raise argparse.ArgumentTypeError(f"{what} must be >= {lo}, got {n}")
-        return n
+        if x < lo:
+            raise argparse.ArgumentTypeError(f"{what} must be >= {lo}, got {int(x)}")
+        return int(x)
     return parse
 
 
@@ -131,21 +129,17 @@ class Job:
     label: str
 
 
-def _has_magic(s: str) -> bool:
-    return any(ch in s for ch in "*?[")
-
-
 def _files_under(root: Path, exclude: Path | None = None, max_depth: int | None = None) -> list[Path]:
     """Non-hidden files below ``root``, sorted: regular ones and broken links (they fail alone,
     with their reason), never FIFOs or devices. Folder links are followed, but each real folder
-    is entered once (by the first path met), so link loops end."""
-    skip, seen, found = _file_keys(exclude), {_real_folder(root)}, []
+    is entered once (by the first path met), so link loops end; ``exclude`` counts as entered."""
+    seen, found = {_inode(d) for d in (root, exclude) if d is not None}, []
     for d, dirs, files in os.walk(root, followlinks=True, onerror=_cannot_list):
         if max_depth is not None and len(Path(d).relative_to(root).parts) >= max_depth:
             dirs.clear()
         for name in sorted(dirs):
-            key = _real_folder(Path(d, name))
-            if name.startswith(".") or key in seen or (skip and _file_keys(Path(d, name)) & skip):
+            key = _inode(Path(d, name))
+            if name.startswith(".") or key in seen:
                 dirs.remove(name)
             else:
                 seen.add(key)
@@ -154,8 +148,8 @@ def _files_under(root: Path, exclude: Path | None = None, max_depth: int | None 
     return sorted(found)
 
 
-def _real_folder(d: Path):
-    st = os.stat(d)
+def _inode(p: Path) -> tuple[int, int]:
+    st = os.stat(p)
     return st.st_dev, st.st_ino
 
 
@@ -181,7 +175,7 @@ def input_files(spec: str, pattern: str | None = None,
     if p.is_dir():
         return p, [f for f in _files_under(p, exclude) if not pattern or fnmatch.fnmatch(f.name, pattern) or
                    fnmatch.fnmatch(f.relative_to(p).as_posix(), pattern)]
-    n = next((i for i, part in enumerate(p.parts) if _has_magic(part)), len(p.parts))
+    n = next((i for i, part in enumerate(p.parts) if glob.has_magic(part)), len(p.parts))
     base, parts = Path(*p.parts[:n]), p.parts[n:]
     files = _files_under(base, exclude, None if "**" in parts else len(parts) - 1) if base.is_dir() else []
     return base, [f for f in files if _glob_match(parts, f.relative_to(base).parts)]
@@ -197,14 +191,14 @@ def _sources(inputs: list[str], pattern: str | None, exclude: Path | None) -> li
         if p.is_file():
             out.append((p, Path(p.name), True))
             continue
-        if not p.is_dir() and not _has_magic(spec):
+        if not p.is_dir() and not glob.has_magic(spec):
             try:
                 os.stat(p)
                 why = "not a file or folder"  # a FIFO, a device
             except OSError as e:
                 why = (e.strerror or "cannot be read") if os.path.lexists(p) else "no such file or folder"
             raise LesrcnnError(f"{p}: {why}")
-        base, files = input_files(spec, pattern if p.is_dir() else None, exclude)
+        base, files = input_files(spec, pattern, exclude)  # the pattern filters folders only
         files = [f for f in files if f.suffix.lower() in READ_EXTS]
         if not files and p.is_dir():
             raise LesrcnnError(f"no images found in {p}" + (f" matching {pattern!r}" if pattern else ""))
@@ -222,11 +216,8 @@ def _file_keys(p: Path | None) -> set:
         return set()
     lexical = os.path.normpath(os.path.abspath(p))
     keys: set = {lexical, os.path.realpath(p), os.path.realpath(lexical)}
-    try:
-        st = os.stat(p)
-        keys.add((st.st_dev, st.st_ino))
-    except (OSError, ValueError):
-        pass
+    with contextlib.suppress(OSError, ValueError):
+        keys.add(_inode(p))
     return keys
 
 
@@ -276,10 +267,7 @@ def plan(a) -> list[Job]:
 def check_jobs(jobs: list[Job], overwrite: bool, skip_existing: bool) -> tuple[list[Job], int]:
     """Refuse collisions, outputs that are inputs, and existing outputs (unless allowed);
     returns (jobs to run, skipped)."""
-    inputs: dict = {}
-    for j in jobs:
-        for k in _file_keys(j.src):
-            inputs.setdefault(k, j)
+    inputs = {k: j for j in reversed(jobs) for k in _file_keys(j.src)}  # the first job wins
     owners: dict = {}
     run, skipped, existing = [], 0, []
     for j in jobs:
@@ -293,8 +281,7 @@ def check_jobs(jobs: list[Job], overwrite: bool, skip_existing: bool) -> tuple[l
         if other is not None and other is not j:
             raise LesrcnnError(f"{j.label} would be written over the input {other.label}; "
                                f"choose another -o or --suffix")
-        if j.dst is None or (other is None and not os.path.lexists(j.dst)
-                             and not os.path.lexists(os.path.normpath(os.path.abspath(j.dst)))):
+        if j.dst is None or (other is None and not os.path.lexists(j.dst)):  # plan() normalised new/../x
             run.append(j)
         elif os.path.isdir(j.dst):
             raise LesrcnnError(f"{j.dst} is a folder; cannot write an image there")
@@ -323,6 +310,24 @@ def _write(line: str) -> None:
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
     _write(f"lesrcnn: warning: {message}")
+
+
+@contextlib.contextmanager
+def cli_upscaler(a):
+    """The Upscaler of parsed ``upscale`` arguments (images and videos), its warnings one line each."""
+    import torch
+
+    from .upscale import Upscaler
+
+    if a.threads:
+        torch.set_num_threads(a.threads)  # -j is for our torch path too, not only the runtimes
+    torch.backends.cudnn.benchmark = True  # few tile shapes repeat: autotuned CUDA kernels pay off
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = _print_warning
+        yield Upscaler(a.scale, a.weights, a.device, precision=a.precision, tile=a.tile,
+                       overlap=a.tile_overlap, batch=a.batch, self_ensemble=a.self_ensemble, backend=a.backend,
+                       quantize=a.quantize, max_pixels=a.max_pixels, threads=a.threads)
 
 
 def cmd_upscale(a) -> int:
@@ -356,17 +361,7 @@ def cmd_upscale(a) -> int:
             print(f"lesrcnn: {written} image{'s' if written != 1 else ''} x{a.scale} on Ray, "
                   f"{skipped + lost} skipped (exist), {failed} failed", file=sys.stderr)
         return 1 if failed else video_rc
-    from .upscale import Upscaler
-
-    if a.device == "auto" or a.device.startswith("cuda"):
-        import torch
-        torch.backends.cudnn.benchmark = True  # few tile shapes repeat: autotuned kernels pay off
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = _print_warning
-        up = Upscaler(a.scale, a.weights, a.device, precision=a.precision, tile=a.tile,
-                      overlap=a.tile_overlap, batch=a.batch, self_ensemble=a.self_ensemble, backend=a.backend,
-                      quantize=a.quantize, max_pixels=a.max_pixels, threads=a.threads)
+    with cli_upscaler(a) as up:
         _prepare_folders(jobs)
         t0 = time.perf_counter()
         done, failed, lost, mp_in, mp_out = _run_jobs(up, jobs, a, single)
@@ -388,7 +383,7 @@ def _prepare_folders(jobs: list[Job]) -> None:
             d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise LesrcnnError(f"cannot create the output folder {d}: {e.strerror or e}") from None
-        clean_stale_temps(d, STALE_TEMP_S)
+        clean_stale_temps(d, 2.0)  # ours, held (locked) by no live writer, 2 s old: a killed run's
 
 
 def _run_jobs(up, jobs: list[Job], a, single: bool) -> tuple[int, int, int, float, float]:
@@ -465,5 +460,4 @@ def _describe(e: BaseException, job: Job) -> str:
         ours = not e.filename or ".lesrcnn-tmp-" in str(e.filename)  # our temporary file: name the output
         where = (job.dst or job.label) if ours else e.filename
         return f"{job.label}: {e.strerror or str(e).splitlines()[0]} ({where})"
-    s = str(e).strip()
-    return f"{job.label}: {(s.splitlines()[0] if s else type(e).__name__)[:300]}"
+    return f"{job.label}: {first_line(e)}"

@@ -1,15 +1,15 @@
 """Videos: every frame through the :class:`~lesrcnn.upscale.Upscaler`; sound, timing and colour kept.
 
-Decode, network and encode run in three threads, so the network never waits for FFmpeg. Segments
-are encoded independently into a hidden folder with a manifest of what changes the pixels, so a
-re-run resumes and gives the frames of an uninterrupted run. The output is written atomically, a
-remux of the segments and of the input's audio/subtitle packets (byte for byte, timestamps kept).
-"""
+Decode, network and encode run in three threads, so the network never waits for FFmpeg. Finished
+segments wait in a hidden folder (a re-run resumes) until the output is written atomically: a remux
+of the segments and of the input's audio/subtitle packets, byte for byte."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import heapq
+import importlib.util
 import io
 import itertools
 import json
@@ -22,7 +22,6 @@ import struct
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -36,8 +35,6 @@ MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".web
           ".mpg": "mpeg", ".mpeg": "mpeg", ".ogv": "ogg", ".mxf": "mxf"}
 #: Extensions searched in folders (files named explicitly are probed whatever their name).
 VIDEO_EXTS = frozenset(MUXERS) | {".wmv"}
-#: Extensions other files use too (TypeScript): in folders, only those that probe as video count.
-_AMBIGUOUS_EXTS = frozenset({".ts"})
 #: --codec spellings and input codecs -> encoder (the input's family is the default --codec).
 ENCODERS = {"h264": "libx264", "avc": "libx264", "x264": "libx264", "h265": "libx265", "hevc": "libx265",
             "x265": "libx265", "vp9": "libvpx-vp9", "vp8": "libvpx", "av1": "libsvtav1",
@@ -51,7 +48,6 @@ _SEGMENT_MUXERS = {"libvpx": "nut", "libvpx-vp9": "nut", "libsvtav1": "nut", "ff
 _IMAGE_DEMUXERS = ("image2", "_pipe", "gif", "apng", "webp")
 _DROP_TAGS = {"major_brand", "minor_version", "compatible_brands", "encoder", "rotate", "duration",
               "number_of_frames", "number_of_bytes", "bps", "vendor_id"}
-MANIFEST_VERSION = 2
 #: Test hook (documented in tests/test_video.py): after N finished segments the process sends
 #: itself a real signal, "N" or "N:INT" / "N:TERM" / "N:KILL", to interrupt a job at a known point.
 SIGNAL_AFTER_ENV = "LESRCNN_VIDEO_SIGNAL_AFTER"
@@ -66,21 +62,13 @@ def _av():
 
 
 def have_pyav() -> bool:
-    try:
-        _av()
-    except LesrcnnError:
-        return False
-    return True
+    return importlib.util.find_spec("av") is not None
 
 
 def _note(line: str) -> None:
     from tqdm import tqdm
 
     tqdm.write(one_line(f"lesrcnn: {line}"), file=sys.stderr)  # above a progress bar, if one is shown
-
-
-def _warn(message, *args, **kwargs) -> None:  # warnings.showwarning
-    _note(f"warning: {message}")
 
 
 # --- the input -------------------------------------------------------------------------------------
@@ -127,10 +115,9 @@ class Source:
     copy: list[int]  # audio / subtitle streams copied as they are
 
 
-def open_source(path: str | os.PathLike, max_pixels: int | None) -> Source:
+def open_source(path: Path, max_pixels: int | None) -> Source:
     """Probe ``path`` and decode its first frame; one-line LesrcnnError for every bad input."""
     av = _av()
-    path = Path(path)
     if not path.is_file():
         raise LesrcnnError(f"{path}: no such file")
     try:
@@ -175,11 +162,9 @@ def _stream_seconds(v) -> float:
 
 
 def _display_matrix(frame) -> list[int] | None:
-    for sd in frame.side_data:
-        if sd.type == _av().sidedata.sidedata.Type.DISPLAYMATRIX:
-            m = list(struct.unpack("=9i", bytes(sd)[:36]))  # native byte order, as FFmpeg stores it
-            return None if m == [65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30] else m
-    return None
+    sd = frame.side_data.get("DISPLAYMATRIX")  # nine int32, native byte order, as FFmpeg stores it
+    m = None if sd is None else list(struct.unpack("=9i", bytes(sd)[:36]))
+    return None if m == [65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30] else m
 
 
 # --- the encoding ----------------------------------------------------------------------------------
@@ -289,12 +274,8 @@ def _options(encoder: str, crf: float | None, preset: str | None) -> dict:
 
 def _segment_stream(oc, src: Source, enc: Encoding):
     """The video stream of a segment file: the input's time base, frame rate and colour tags."""
-    s = oc.add_stream(enc.encoder, rate=src.rate, options=dict(enc.options))
-    s.width, s.height, s.pix_fmt = enc.width, enc.height, enc.pix_fmt
-    s.time_base = s.codec_context.time_base = src.time_base
-    for k, v in src.color.items():
-        setattr(s.codec_context, k, v)
-    return s
+    return oc.add_stream(enc.encoder, rate=src.rate, options=dict(enc.options), width=enc.width,
+                         height=enc.height, pix_fmt=enc.pix_fmt, time_base=src.time_base, **src.color)
 
 
 # --- the work folder: finished segments and what they were made from -------------------------------
@@ -317,7 +298,7 @@ def _manifest(src: Source, up, enc: Encoding, segment_seconds: float) -> dict:
             h.update(f.read())
     weights = "onnx" if up.checkpoint is None else digest(up.checkpoint.model)[:16]
     upscaler = {k: getattr(up, k) for k in ("scale", "precision", "backend", "self_ensemble", "quantize")}
-    return {"version": MANIFEST_VERSION, "input": {"size": size, "sha256_ends": h.hexdigest()},
+    return {"version": 2, "input": {"size": size, "sha256_ends": h.hexdigest()},
             "upscaler": dict(upscaler, weights=weights, device=up.device.type),
             "encoding": {"encoder": enc.encoder, "pix_fmt": enc.pix_fmt, "options": enc.options},
             "segment_seconds": segment_seconds}
@@ -361,9 +342,6 @@ class Work:
 
 # --- the pipeline: decode -> upscale -> encode ------------------------------------------------------
 
-_END = object()
-
-
 class _Aborted(Exception):
     """Another stage stopped the job: drop the segment being written."""
 
@@ -406,13 +384,13 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> None:
 
 
 def _items(q: queue.Queue, stop: threading.Event) -> Iterator:
-    """A queue's items up to the end marker (an exception there is raised); _Aborted once ``stop`` is set."""
+    """A queue's items up to None, the end (an exception there is raised); _Aborted once ``stop`` is set."""
     while not stop.is_set():
         try:
             item = q.get(timeout=0.1)
         except queue.Empty:
             continue
-        if item is _END:
+        if item is None:
             return
         if isinstance(item, BaseException):
             raise item
@@ -422,16 +400,10 @@ def _items(q: queue.Queue, stop: threading.Event) -> Iterator:
 
 def _demux(container, streams: list, errors: list[str], what: str) -> Iterator:
     """Packets up to the end or the first read error (recorded, not raised: what came is kept)."""
-    av = _av()
-    packets = container.demux(*streams)
-    while True:
-        try:
-            yield next(packets)
-        except StopIteration:
-            return
-        except av.FFmpegError as e:
-            errors.append(f"{what}: {first_line(e)}")
-            return
+    try:
+        yield from container.demux(*streams)
+    except _av().FFmpegError as e:
+        errors.append(f"{what}: {first_line(e)}")
 
 
 def _decoded(container, stream, errors: list[str]) -> Iterator:
@@ -470,7 +442,7 @@ def _decode(src: Source, enc: Encoding, done: set[int], seg_s: float, out: queue
                     rgb = frame.reformat(width=src.width, height=src.height, format=fmt,
                                          src_color_range=src.color["color_range"] or None).to_ndarray()
                     _put(out, (seg, pts, dur, rgb), stop)
-        _put(out, _END, stop)
+        _put(out, None, stop)
     except BaseException as e:  # raised by the main thread in its place, after the frames before it
         _put(out, e, stop)
 
@@ -489,6 +461,8 @@ def _encode(src: Source, enc: Encoding, work: Work, items: Iterator) -> None:
                     durations[frame.pts] = frame.duration
                 for p in s.encode(frame):
                     p.duration = p.duration or durations.get(p.pts, 0)
+                    if p.dts is not None and not 0 <= p.pts - p.dts < 1 << 31:  # libx265 leaves it unset
+                        p.dts = p.pts  # when a segment is shorter than its B-frame delay (no reordering)
                     oc.mux(p)
         work.done[n] = len(durations)
         work.save()
@@ -504,8 +478,7 @@ def _to_frame(item: tuple, src: Source, enc: Encoding):
     out = frame.reformat(format=enc.pix_fmt, dst_colorspace=src.color["colorspace"] or None,
                          dst_color_range=src.color["color_range"] or None)
     out.pts, out.time_base, out.duration = pts, src.time_base, dur
-    with contextlib.suppress(AttributeError):  # settable since PyAV 16; the codec context carries them too
-        out.color_primaries, out.color_trc = src.color["color_primaries"], src.color["color_trc"]
+    out.color_primaries, out.color_trc = src.color["color_primaries"], src.color["color_trc"]  # prores_ks
     return out
 
 
@@ -520,7 +493,7 @@ def _run(up, src: Source, enc: Encoding, work: Work, seg_s: float, bar, r: Video
     with ThreadPoolExecutor(2) as pool:
         pool.submit(_decode, src, enc, set(work.done), seg_s, qd, stop, r)
         encoder = pool.submit(_encode, src, enc, work, _items(qe, stop))
-        encoder.add_done_callback(lambda _: stop.set())  # it ends after the end marker, or when it fails
+        encoder.add_done_callback(lambda _: stop.set())  # it ends after the end (None), or when it fails
         try:
             for seg, pts, dur, rgb in _items(qd, stop):
                 t = time.perf_counter()
@@ -528,7 +501,7 @@ def _run(up, src: Source, enc: Encoding, work: Work, seg_s: float, bar, r: Video
                 r.infer_seconds += time.perf_counter() - t
                 _put(qe, (seg, pts, dur, big), stop)
                 bar.update(1)
-            _put(qe, _END, stop)
+            _put(qe, None, stop)
             encoder.exception()  # waits for the last segment
         except _Aborted:
             pass  # the encoder failed: raised below
@@ -586,19 +559,13 @@ def _assemble(src: Source, enc: Encoding, work: Work, r: VideoResult) -> None:
     with av.open(os.fspath(src.path), metadata_errors="ignore") as inp, atomic_output(r.dst) as f, \
             av.open(f, "w", format=enc.muxer) as out, av.open(os.fspath(segs[0])) as first:
         out.metadata.update(_tags(inp.metadata))
-        template = first.streams.video[0]
-        try:
-            vs = out.add_stream_from_template(template)
-        except av.codec.codec.UnknownCodecError:  # decoded by a decoder-only library (libdav1d)
-            vs = out.add_stream_from_template(template, opaque=True)
-        vs.codec_context.framerate = src.rate  # Matroska's default frame duration, MP4's nominal rate
-        vin = inp.streams[src.index]
+        template, vin = first.streams.video[0], inp.streams[src.index]
+        # opaque: the segments' own codec, which may be decode-only (libdav1d); framerate: Matroska's
+        # default frame duration, MP4's nominal rate
+        vs = out.add_stream_from_template(template, opaque=True, framerate=src.rate,
+                                          disposition=vin.disposition)
         vs.metadata.update(_tags(vin.metadata))
-        vs.disposition = vin.disposition
-        if src.matrix and hasattr(vs, "set_display_matrix"):  # PyAV >= 18
-            vs.set_display_matrix(src.matrix)
-        elif src.matrix:
-            _note(f"{src.path.name}: rotation not kept (needs PyAV >= 18)")
+        vs.set_display_matrix(src.matrix)  # rotation (None: none)
         copies = _add_copies(inp, out, src, r.dst)
         video = _segment_packets(segs, vs, template.codec_context.extradata)
         packets = heapq.merge(video, _copied_packets(inp, copies, r.problems),
@@ -694,7 +661,7 @@ def _missing(src: Source, r: VideoResult) -> list[str]:
     """What the header promised and did not come (a truncated file decodes without an error)."""
     if src.frames and r.frames < src.frames:
         return [f"{src.frames - r.frames} of {src.frames} frames did not decode (damaged or truncated file)"]
-    if src.video_end and r.last_end is not None and r.first is not None:
+    if src.video_end and r.last_end is not None:
         got = float(r.last_end - r.first)
         if got + 2 / float(src.rate) + 0.05 < src.video_end:
             return [f"the video stops at {got:.2f} s of {src.video_end:.2f} s (damaged or truncated file)"]
@@ -708,13 +675,10 @@ def _problem_text(errors: list[str]) -> str:
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
     """SIGTERM stops an API call like Ctrl-C (finished segments kept), unless a handler is set (the CLI's)."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
     ours = threading.current_thread() is threading.main_thread() and \
         signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     if ours:
-        signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt
     try:
         yield
     finally:
@@ -738,14 +702,13 @@ def add_video_arguments(p) -> None:
     g.add_argument("--resume", action="store_true", help="continue an interrupted video job, and fail if "
                    "there is none or its options differ (re-running the same command resumes too)")
     g.add_argument("--segment-seconds", type=float, default=10.0, metavar="S", help="videos are encoded in "
-                   "independent segments of about S seconds: the most work an interruption loses "
-                   "(default: 10)")
+                   "independent segments of about S seconds: the most work an interruption loses")
 
 
 def split_video_inputs(a) -> list[tuple[Path, Path]]:
-    """The videos among ``a.inputs`` (files by content, folders and globs by extension, then content)
-    with their outputs; inputs left holding no image are removed from ``a.inputs``."""
+    """The videos among ``a.inputs`` with their outputs; inputs left holding no image leave ``a.inputs``."""
     from .io import READ_EXTS
+    from .upscale_cli import input_files  # one walker: each real folder once (symlink loops end)
 
     if "-" in a.inputs:
         return []
@@ -760,11 +723,17 @@ def split_video_inputs(a) -> list[tuple[Path, Path]]:
                 found.append((p, Path(p.name)))
                 explicit = True
                 continue
-        elif p.is_dir() or any(ch in spec for ch in "*?["):
-            videos, images = _find_videos(spec, getattr(a, "glob", None), outp)
+        elif p.is_dir() or glob.has_magic(spec):  # by extension (then content for .ts), as images are found
+            base, files = input_files(spec, a.glob, outp if outp is not None and outp.is_dir() else None)
+            videos = [f for f in files if f.suffix.lower() in VIDEO_EXTS]
+            if videos and not have_pyav():
+                _note(f"warning: {spec}: {len(videos)} video(s) skipped; "
+                      f"`pip install lesrcnn[video]` to upscale them")
+                videos = []
+            videos = [f for f in videos if f.suffix.lower() != ".ts" or is_video(f)]  # .ts is TypeScript too
             root = Path(p.resolve().name) if p.is_dir() and len(a.inputs) > 1 else Path()
-            found += [(f, root / rel) for f, rel in videos]
-            if videos and not images:
+            found += [(f, root / f.relative_to(base)) for f in videos]
+            if videos and not any(f.suffix.lower() in READ_EXTS for f in files):
                 continue
         keep.append(spec)
     a.inputs = keep
@@ -778,44 +747,22 @@ def split_video_inputs(a) -> list[tuple[Path, Path]]:
         return [(found[0][0], outp)]
     if outp.exists() and not outp.is_dir():
         raise LesrcnnError(f"{outp} is a file; with several inputs -o must be a folder")
-    suffix = getattr(a, "suffix", "") or ""
     ext = {src: src.suffix if src.suffix.lower() in MUXERS else ".mkv" for src, _ in found}
-    return [(src, outp / rel.with_name(f"{rel.stem}{suffix}{ext[src]}")) for src, rel in found]
-
-
-def _find_videos(spec: str, pattern: str | None, exclude: Path | None) -> tuple[list, bool]:
-    """(video, path relative to the folder or glob base) of a folder or glob; and whether it has images."""
-    from .io import READ_EXTS
-    from .upscale_cli import input_files  # one walker: each real folder once (symlink loops end)
-
-    base, files = input_files(spec, pattern, exclude if exclude is not None and exclude.is_dir() else None)
-    images = any(f.suffix.lower() in READ_EXTS for f in files)
-    videos = [f for f in files if f.suffix.lower() in VIDEO_EXTS]
-    if videos and not have_pyav():
-        _note(f"warning: {spec}: {len(videos)} video(s) skipped; "
-              f"`pip install lesrcnn[video]` to upscale them")
-        videos = []
-    videos = [f for f in videos if f.suffix.lower() not in _AMBIGUOUS_EXTS or is_video(f)]  # others: errors
-    return [(f, f.relative_to(base) if f.is_relative_to(base) else Path(f.name)) for f in videos], images
+    return [(src, outp / rel.with_name(f"{rel.stem}{a.suffix}{ext[src]}")) for src, rel in found]
 
 
 def run_video_jobs(jobs: list[tuple[Path, Path]], a) -> int:
     """Upscale each video; 0 all written, 1 some failed or were damaged (each said on one line).
     A single video's failure is raised (exit 2)."""
-    from .upscale import Upscaler
+    from .upscale_cli import cli_upscaler
 
     single = len(jobs) == 1 and not a.inputs
-    todo = [(src, dst) for src, dst in jobs if not (dst.exists() and getattr(a, "skip_existing", False))]
+    todo = [(src, dst) for src, dst in jobs if not (dst.exists() and a.skip_existing)]
     for src, dst in todo:
         if dst.exists() and not a.overwrite:
             raise LesrcnnError(f"{dst} exists; pass --overwrite to replace, or --skip-existing")
     failed = 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = _warn
-        up = Upscaler(a.scale, a.weights, a.device, precision=a.precision, tile=a.tile,
-                      overlap=a.tile_overlap, batch=a.batch, self_ensemble=a.self_ensemble, backend=a.backend,
-                      quantize=a.quantize, max_pixels=a.max_pixels, threads=a.threads)
+    with cli_upscaler(a) as up:
         for src, dst in todo:
             try:
                 dst.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ is refused with one LesrcnnError naming it, and no code in it runs.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -24,15 +25,14 @@ from .model import DIV2K_MEAN, LESRCNN, SCALES, VARIANTS
 FORMAT = "lesrcnn"
 FORMAT_VERSION = "1"
 
-# Weights that ship inside the package (trained by this project's own code, see README).
+# Weights that ship inside the package, trained by this project's own code (see README):
+# lesrcnn-s from scratch by `lesrcnn train` on T91+BSD200; real: lesrcnn-s fine-tuned with
+# `--degradation real` (JPEG, noise, blur) for real photos.
 PRETRAINED: dict[str, dict] = {
     "lesrcnn-s": {"file": "lesrcnn_s.safetensors", "scales": (2, 3, 4),
-                  "sha256": "8e018a6504a5f74c77514c4580140e1f15938bc4624b97d36109c8ace7a2bf8e",
-                  "about": "multi-scale LESRCNN-S trained from scratch by `lesrcnn train` on T91+BSD200"},
+                  "sha256": "8e018a6504a5f74c77514c4580140e1f15938bc4624b97d36109c8ace7a2bf8e"},
     "real": {"file": "lesrcnn_s_real.safetensors", "scales": (2, 3, 4),
-             "sha256": "5f5139bf31341a001490bd29282949e1752787b6b7a01184b88c801bcea5f906",
-             "about": "multi-scale LESRCNN-S for real photos (JPEG, noise, blur): lesrcnn-s fine-tuned with "
-                      "`--degradation real` on T91+BSD200"},
+             "sha256": "5f5139bf31341a001490bd29282949e1752787b6b7a01184b88c801bcea5f906"},
 }
 DEFAULT_WEIGHTS = "lesrcnn-s"
 
@@ -179,11 +179,7 @@ def embedded_path(name: str) -> Path:
 
 
 def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()  # weights files are a few MB
 
 
 def _load_ours(path: Path) -> Checkpoint:
@@ -205,12 +201,9 @@ def _load_ours(path: Path) -> Checkpoint:
     except (KeyError, ValueError, AttributeError):
         raise LesrcnnError(f"{path}: invalid lesrcnn metadata") from None
     model = _build(sd, path, mean, scales=scales, variant=variant)
-    metadata = dict(meta)
-    try:
-        metadata["provenance"] = json.loads(metadata["provenance"])
-    except (KeyError, json.JSONDecodeError):
-        pass
-    return Checkpoint(model, scales, variant, mean, str(path), metadata)  # type: ignore[arg-type]
+    with contextlib.suppress(KeyError, json.JSONDecodeError):
+        meta["provenance"] = json.loads(meta["provenance"])
+    return Checkpoint(model, scales, variant, mean, str(path), meta)  # type: ignore[arg-type]
 
 
 def _load_official(path: Path) -> Checkpoint:
@@ -226,14 +219,14 @@ def _load_official(path: Path) -> Checkpoint:
     return Checkpoint(model, (s,), "full", mean, str(path), {"format": "official-pth", "scales": str(s)})
 
 
-def load(spec: str | os.PathLike | None = None, scale: int | None = None) -> Checkpoint:
+def load(spec: str | os.PathLike | None = None, *scales: int) -> Checkpoint:
     """Load a checkpoint: None (the embedded default), a registry name, a safetensors file
-    of ours or an official ``.pth``. With ``scale``, refuse a model that cannot serve it."""
+    of ours or an official ``.pth``. With ``scales``, refuse a model that cannot serve them."""
     spec = DEFAULT_WEIGHTS if spec is None else spec
     if isinstance(spec, str) and spec in PRETRAINED:
         path = embedded_path(spec)
         if not path.is_file():
-            raise LesrcnnError(f"the embedded weights '{spec}' are not in this installation; "
+            raise LesrcnnError(f"the embedded weights '{spec}' ({path.name}) are not in this installation; "
                                "pass --weights FILE")
         if sha256(path) != PRETRAINED[spec]["sha256"]:
             raise LesrcnnError(f"the embedded weights file {path} is corrupt (sha256 mismatch); "
@@ -246,8 +239,8 @@ def load(spec: str | os.PathLike | None = None, scale: int | None = None) -> Che
             raise LesrcnnError(f"weights path is not a file: {path}")
     ck = _load_ours(path) if _is_safetensors(path) else _load_official(path)
     ck.source = str(spec)
-    if scale is not None:
-        ck.require_scale(scale)
+    for s in scales:
+        ck.require_scale(s)
     return ck
 
 

@@ -10,15 +10,14 @@ from .errors import LesrcnnError
 
 
 def add_info(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("info", help="what a checkpoint holds: network, scales, parameters, provenance",
-                       description="Describe a checkpoint: network, scales, parameters, channel mean, and the "
-                                   "provenance recorded in our files (training data, recipe, measured PSNR).")
-    p.add_argument("file", nargs="?", help="checkpoint (ours or an official .pth); default: the embedded weights")
-    p.add_argument("--json", action="store_true", help="print one JSON object (for scripts) instead of the summary")
+    p = sub.add_parser("info", description="Describe a checkpoint: network, scales, parameters, channel "
+                       "mean, and the provenance in our files (training data, recipe, measured PSNR).")
+    p.add_argument("file", nargs="?", help="checkpoint (ours or an official .pth); default: the embedded one")
+    p.add_argument("--json", action="store_true", help="print one JSON object (for scripts), not the summary")
     p.add_argument("--flops", action="store_true", help="also count MACs/FLOPs per block")
     p.add_argument("--size", default="256x256", help="LR input size HxW for --flops")
     p.add_argument("--backends", action="store_true",
-                   help="instead: the inference backends installed and which one --backend auto picks, and why")
+                   help="instead: the inference backends installed, which one --backend auto picks, and why")
     p.set_defaults(func=run_info)
     return p
 
@@ -30,17 +29,17 @@ def run_info(a) -> int:
         print(json.dumps(backends_info(), indent=2) if a.json else "\n".join(backends_lines(backends_info())))
         return 0
 
+    from .complexity import complexity_report, format_complexity
+
     ck = W.load(a.file)
     d = W.describe(ck)
     if a.flops:
-        from .complexity import complexity_report
-        d["complexity"] = complexity_report(ck, a.size)
+        d["complexity"] = complexity_report(ck.model, a.size)
     if a.json:
         print(json.dumps(d, indent=2))
         return 0
     print("\n".join(summary_lines(d)))
     if a.flops:
-        from .complexity import format_complexity
         print(format_complexity(d["complexity"]))
     return 0
 
@@ -77,8 +76,7 @@ def summary_lines(d: dict) -> list[str]:
         "mean": ", ".join(f"{m:.4f}" for m in d["mean"]),
     }
     meta.pop("parameters", None)
-    head.update({k: v for k, v in meta.items()})
-    lines = _block(head, 0)
+    lines = _block(head | meta, 0)
     if isinstance(prov, dict) and prov:
         lines += ["provenance"] + _block(prov, 2)
     elif prov:
@@ -121,15 +119,14 @@ def _block(d: dict, indent: int) -> list[str]:
 def _table(rows: dict, indent: int) -> list[str]:
     cols = list(next(iter(rows.values())))
     cells = [[""] + cols] + [[str(name)] + [_scalar(r[c]) for c in cols] for name, r in rows.items()]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    return [" " * indent + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-            .rstrip() for row in cells]
+    widths = [max(map(len, column)) for column in zip(*cells)]
+    aligned = ([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])] for row in cells)
+    return [(" " * indent + "  ".join(cols)).rstrip() for cols in aligned]
 
 
 def add_convert(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("convert", help="convert an official .pth checkpoint to our safetensors format",
-                       description="Convert the authors' .pth checkpoint (loaded without running pickled code) to "
-                                   "our safetensors file with metadata.")
+    p = sub.add_parser("convert", description="Convert the authors' .pth checkpoint (loaded without running "
+                       "pickled code) to our safetensors file with metadata.")
     p.add_argument("src", help="the .pth (or our .safetensors) checkpoint to convert")
     p.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
@@ -140,10 +137,8 @@ def add_convert(sub) -> argparse.ArgumentParser:
 def run_convert(a) -> int:
     from . import weights as W
 
-    out = Path(a.output)
-    src = Path(a.src)
-    if os.path.normpath(os.path.abspath(out)) == os.path.normpath(os.path.abspath(src)) or \
-            (out.exists() and src.exists() and os.path.samefile(out, src)):
+    out, src = Path(a.output), Path(a.src)
+    if out.resolve() == src.resolve() or (out.exists() and src.exists() and os.path.samefile(out, src)):
         raise LesrcnnError("refusing to overwrite the input checkpoint; choose another -o")
     if out.exists() and not a.overwrite:
         raise LesrcnnError(f"{out} exists; pass --overwrite to replace it")

@@ -1,10 +1,6 @@
-"""LESRCNN as a spandrel architecture (ComfyUI, chaiNNer): our checkpoints and the authors' ``.pth``
-files, single- or multi-scale. Registration is explicit (:func:`install`), so ``import lesrcnn``
-never imports spandrel. spandrel hands over the tensors only: detection goes by keys, our files
-load with the DIV2K mean every shipped LESRCNN uses, the ablation variants that share the full
-network's keys are refused, and a multi-scale file loads at one scale (x2 unless
-``install(multi_scale=S)``). :func:`load` reads our metadata; :func:`split` writes one file per scale.
-"""
+"""LESRCNN as a spandrel architecture (ComfyUI, chaiNNer), registered by :func:`install`: our files
+and the authors' ``.pth``, single- or multi-scale (loaded at one scale). spandrel sees tensors only, so
+our files get the DIV2K mean; :func:`load` reads our metadata; :func:`split` writes one file per scale."""
 from __future__ import annotations
 
 import argparse
@@ -12,11 +8,10 @@ import re
 import sys
 from pathlib import Path
 
-from ..errors import LesrcnnError
+from ..errors import LesrcnnError, first_line, one_line
 from ..model import DIV2K_MEAN, LESRCNN
 from . import single_scale
 
-ARCH_ID = "LESRCNN"
 _OFFICIAL_MULTI = re.compile(r"upsample\.up([234])\.body\.(\d)\.(weight|bias)")
 
 
@@ -44,23 +39,21 @@ def to_ours(sd: dict) -> tuple[dict, tuple[int, ...], str, tuple[float, float, f
     return dict(sd), scales, variant, mean
 
 
-def descriptor(model: LESRCNN, architecture, tags: list[str] | None = None):
-    """A spandrel ImageModelDescriptor for a single-scale LESRCNN module."""
+def descriptor(model: LESRCNN, architecture, scales: tuple[int, ...], variant: str = "full"):
+    """A spandrel ImageModelDescriptor for a single-scale LESRCNN cut from a file of ``scales``."""
     from spandrel import ImageModelDescriptor, ModelTiling, SizeRequirements
 
     (scale,) = model.scales
+    tags = [f"{model.features}nf"] + ([variant] if variant != "full" else [])
+    if len(scales) > 1:
+        tags.append(f"LESRCNN-S x{'/x'.join(map(str, scales))} (x{scale} loaded)")
     return ImageModelDescriptor(
-        model, model.state_dict(), architecture=architecture, purpose="SR",
-        tags=[f"{model.features}nf", *(tags or [])],
+        model, model.state_dict(), architecture=architecture, purpose="SR", tags=tags,
         supports_half=True, supports_bfloat16=True,  # plain convolutions; tested against fp32
         scale=scale, input_channels=3, output_channels=3,
         size_requirements=SizeRequirements(),  # fully convolutional: any size from 1x1 up
         tiling=ModelTiling.SUPPORTED,  # local receptive field (see LESRCNN.receptive_margin)
     )
-
-
-def _multi_tag(scales: tuple[int, ...], loaded: int) -> list[str]:
-    return [f"LESRCNN-S x{'/x'.join(map(str, scales))} (x{loaded} loaded)"] if len(scales) > 1 else []
 
 
 def architecture(multi_scale: int = 2):
@@ -80,35 +73,29 @@ def architecture(multi_scale: int = 2):
                 model = LESRCNN(scales=scales, variant=variant, mean=mean)
                 model.load_state_dict(sd)
             except (LesrcnnError, RuntimeError, KeyError) as e:
-                raise UnsupportedModelError(f"LESRCNN: {str(e).splitlines()[0]}") from None
+                raise UnsupportedModelError(f"LESRCNN: {first_line(e)}") from None
             scale = multi_scale if multi_scale in scales else scales[0]
-            tags = _multi_tag(scales, scale) + ([variant] if variant != "full" else [])
-            return descriptor(single_scale(model, scale).eval(), self, tags)
+            return descriptor(single_scale(model, scale).eval(), self, scales, variant)
 
-    return LesrcnnArch(id=ARCH_ID, name="LESRCNN", detect=K.has_any(ours, official))
+    return LesrcnnArch(id="LESRCNN", name="LESRCNN", detect=K.has_any(ours, official))
 
 
-def install(registry=None, ignore_duplicates: bool = True, multi_scale: int = 2) -> list:
-    """Register LESRCNN with spandrel's ``MAIN_REGISTRY`` (or ``registry``); returns what was
-    added, so a second call, like spandrel_extra_arches.install's, adds nothing."""
-    try:
-        from spandrel import MAIN_REGISTRY, ArchSupport
-    except ImportError:
-        raise LesrcnnError("the spandrel integration needs `pip install lesrcnn[spandrel]`") from None
-    registry = MAIN_REGISTRY if registry is None else registry
-    arch = ArchSupport.from_architecture(architecture(multi_scale))
-    return registry.add(arch, ignore_duplicates=ignore_duplicates)
+def install(multi_scale: int = 2) -> list:
+    """Register LESRCNN with spandrel's ``MAIN_REGISTRY``; returns what was added, so a second
+    call, like spandrel_extra_arches.install's, adds nothing."""
+    from spandrel import MAIN_REGISTRY, ArchSupport
+
+    return MAIN_REGISTRY.add(ArchSupport.from_architecture(architecture(multi_scale)), ignore_duplicates=True)
 
 
 def load(path, scale: int | None = None):
     """Any LESRCNN checkpoint (ours with its metadata, or the authors' .pth) as a spandrel
-    descriptor at ``scale`` (default: the file's only scale, or x2 for a multi-scale file)."""
+    descriptor at ``scale`` (default: the file's smallest, x2 for LESRCNN-S)."""
     from .. import weights as W
 
     ck = W.load(path)
-    scale = scale if scale is not None else (ck.scales[0] if len(ck.scales) == 1 else 2)
-    ck.require_scale(scale)
-    return descriptor(single_scale(ck.model, scale).eval(), architecture(scale), _multi_tag(ck.scales, scale))
+    scale = ck.scales[0] if scale is None else scale
+    return descriptor(single_scale(ck.model, scale).eval(), architecture(scale), ck.scales, ck.variant)
 
 
 def split(src, out_dir) -> list[Path]:
@@ -126,21 +113,19 @@ def split(src, out_dir) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lesrcnn.integrations.spandrel",
-                                description="Helpers for spandrel hosts (ComfyUI, chaiNNer).")
-    sp = p.add_subparsers(dest="cmd", required=True).add_parser(
-        "split", help="one single-scale .safetensors per scale of a multi-scale checkpoint")
-    sp.add_argument("src", help="checkpoint file, or lesrcnn-s for the embedded weights")
-    sp.add_argument("out_dir", help="folder for NAME_x2/_x3/_x4.safetensors")
+                                description="For spandrel hosts (ComfyUI, chaiNNer): `split` writes one "
+                                            "single-scale file per scale of a multi-scale checkpoint.")
+    p.add_argument("command", choices=["split"])
+    p.add_argument("src", help="checkpoint file, or lesrcnn-s for the embedded weights")
+    p.add_argument("out_dir", help="folder for NAME_x2/_x3/_x4.safetensors")
     a = p.parse_args(argv)
     try:
         print(*split(a.src, a.out_dir), sep="\n")
     except LesrcnnError as e:
-        print(f"lesrcnn: error: {e}", file=sys.stderr)
+        print(f"lesrcnn: error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-__all__ = ["ARCH_ID", "architecture", "descriptor", "install", "load", "split"]
