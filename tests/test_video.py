@@ -164,7 +164,16 @@ def test_hevc_segments_shorter_than_its_b_frame_delay(tmp_path, up):
 
 # --- resuming -----------------------------------------------------------------------------------------
 
-def test_ctrl_c_or_sigterm_then_resume_equals_uninterrupted(tmp_path, up, monkeypatch):
+@pytest.fixture
+def default_sigterm():
+    """The API takes SIGTERM over only where nobody else handles it, and an earlier test in this process
+    may have left a handler (Ray installs one): start from Python's default, restore it after."""
+    old = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, old)
+
+
+def test_ctrl_c_or_sigterm_then_resume_equals_uninterrupted(tmp_path, up, monkeypatch, default_sigterm):
     src = make_clip(tmp_path / "in.mp4", n=8)
     ref = up.upscale_video(src, tmp_path / "ref.mp4", segment_seconds=0.2, progress=False).dst
     dst = tmp_path / "out.mp4"

@@ -47,9 +47,13 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[B
     then. The temp file gets a normal file's mode and a lock (clean_stale_temps leaves it alone)."""
     path, tmp = Path(path), ""
     try:
-        name = str(path.parent / f".{path.name[:200]}{TEMP_MARK}{secrets.token_hex(4)}")
-        with open(name, "xb") as f:
-            tmp = name
+        tmp = str(path.parent / f".{path.name[:200]}{TEMP_MARK}{secrets.token_hex(4)}")
+        try:  # tmp is set first: a signal that lands inside open(), after the file appeared, removes it
+            f = open(tmp, "xb")
+        except FileExistsError:  # a random name already taken: not ours to remove
+            tmp = ""
+            raise
+        with f:
             _try_lock(f.fileno())
             yield f
             f.flush()
