@@ -461,7 +461,7 @@ def _encode(src: Source, enc: Encoding, work: Work, items: Iterator) -> None:
                     durations[frame.pts] = frame.duration
                 for p in s.encode(frame):
                     p.duration = p.duration or durations.get(p.pts, 0)
-                    if p.dts is not None and not 0 <= p.pts - p.dts < 1 << 31:  # libx265 leaves it unset
+                    if None not in (p.pts, p.dts) and not 0 <= p.pts - p.dts < 1 << 31:  # libx265 leaves it unset
                         p.dts = p.pts  # when a segment is shorter than its B-frame delay (no reordering)
                     oc.mux(p)
         work.done[n] = len(durations)
