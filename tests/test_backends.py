@@ -14,6 +14,7 @@ from conftest import REPO, SHARED, assert_one_line_error, natural_image, needs_s
 from lesrcnn import Upscaler
 from lesrcnn import backends as BK
 from lesrcnn import weights as W
+from lesrcnn.io import ImageWarning
 from lesrcnn.metrics import psnr_y, to_uint8
 from lesrcnn.model import build, init_interpolation
 from lesrcnn.resize import imresize
@@ -147,6 +148,11 @@ def test_backend_and_precision_errors(wfile):
         Upscaler(2, wfile, precision="int4")
     with pytest.raises(LesrcnnError, match="INT8"):
         Upscaler(2, wfile, device="cpu", backend="torch", precision="int8")
+    model = W.load(wfile).model  # create() checks and resolves for every caller (eval, bench), not only Upscaler
+    with pytest.raises(LesrcnnError, match="backend must be"):
+        BK.create(model, "tensorrt")
+    with pytest.warns(ImageWarning, match="CUDA"):
+        assert BK.create(model, "torch", "fp16", "cpu").precision == "fp32"
     assert [n for n, _ in BK.auto_report("fp32", "cpu")] == list(BK.AUTO_ORDER["fp32"])
     assert BK.auto_order("fp32", torch.device("cuda")) == ("torch",)
 

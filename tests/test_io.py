@@ -235,6 +235,9 @@ def test_output_conversions_warn(tmp_path):
         write_picture(Picture(color=c.astype(np.uint16) * 257), tmp_path / "d.webp", "WEBP")
     with pytest.raises(LesrcnnError, match="WEBP cannot hold"):
         write_picture(Picture(color=np.zeros((1, 17000, 3), np.uint8)), tmp_path / "big.webp", "WEBP")
+    with pytest.raises(LesrcnnError, match="unknown image format 'gif'"):
+        write_picture(Picture(color=c), tmp_path / "a.gif", "gif")
+    assert not (tmp_path / "a.gif").exists() and not (tmp_path / "big.webp").exists()
 
 
 def test_atomic_output_leaves_nothing_behind(tmp_path):

@@ -321,15 +321,16 @@ def test_state_is_one_unit_and_a_stale_weights_file_is_repaired(data, tmp_path):
     assert steps_logged(tmp_path / "b") == [1, 2, 3, 4, 5, 6]
 
 
-def test_a_legacy_pair_from_two_different_steps_is_refused(data, tmp_path):
+def test_a_state_without_its_weights_is_refused_with_one_line(data, tmp_path):
     run(cfg(data, tmp_path / "b", steps=2, save_every=1))
     st = torch.load(tmp_path / "b/last.state.pt", weights_only=True)
     legacy = {k: v for k, v in st.items() if k not in ("model", "mean", "ema", "format")}
-    torch.save(legacy | {"step": 1}, tmp_path / "b/last.state.pt")  # the old code's pair, killed in between
-    with pytest.raises(LesrcnnError, match="killed between"):
-        run(cfg(data, tmp_path / "b", steps=4), resume=True)
-    torch.save(legacy, tmp_path / "b/last.state.pt")  # a consistent legacy pair resumes
-    assert run(cfg(data, tmp_path / "b", steps=3), resume=True)["step"] == 3
+    torch.save(legacy, tmp_path / "b/last.state.pt")  # lesrcnn <= 0.x: the weights in last.safetensors
+    before = (tmp_path / "b/last.state.pt").read_bytes()
+    r = run_cli("train", "--data", data, "--out", tmp_path / "b", "--steps", "4", "--batch", "4", "--patch", "12",
+                "--resume")
+    assert_one_line_error(r, contains="unreadable training state (KeyError); start a new run with --init-weights")
+    assert (tmp_path / "b/last.state.pt").read_bytes() == before  # left as it was
 
 
 def test_kill_9_at_any_moment_then_resume(data, tmp_path):

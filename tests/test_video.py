@@ -314,3 +314,23 @@ def test_without_pyav_images_still_work(tmp_path, capsys, monkeypatch):
     assert "lesrcnn[video]" in capsys.readouterr().err
     assert main(["upscale", str(clip), "-o", str(tmp_path / "x.mp4"), *FAST]) == 2
     assert "lesrcnn[video]" in _one_error(capsys)
+
+
+def test_output_names_and_what_counts_as_a_video(tmp_path, capsys):
+    from PIL import Image
+
+    clip = make_clip(tmp_path / "c.mp4", n=2, audio=False)
+    assert main(["upscale", str(clip), "-o", str(tmp_path / "c.png"), *FAST]) == 2
+    assert "not a video file name" in _one_error(capsys)
+    assert main(["upscale", str(clip), "-o", "-", *FAST]) == 2
+    assert "stdout" in _one_error(capsys)
+    folder = tmp_path / "mix"
+    folder.mkdir()
+    Image.fromarray(picture(0)).save(folder / "still.png")
+    (folder / "notes.ts").write_text("export const x = 1;\n")  # TypeScript, not a video
+    data = clip.rename(tmp_path / "c.data")  # a video by its content: an output container of ours
+    out = tmp_path / "out"
+    assert main(["upscale", str(folder), str(data), "-o", str(out), *FAST]) == 0, capsys.readouterr().err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
+        ["c.mkv", "mix/still.png"]
+    assert info(out / "c.mkv")["size"] == (2 * W, 2 * H)

@@ -81,6 +81,9 @@ def test_bad_checkpoints_are_refused_with_one_line(tmp_path):
         W.load(tmp_path / "partial.pth")
     with pytest.raises(LesrcnnError, match="not found"):
         W.load(tmp_path / "nope.pth")
+    torch.save(build(2).state_dict(), tmp_path / "ours.pth")  # torch.save of our module: says how to save it
+    with pytest.raises(LesrcnnError, match=r"bare state dict .* lesrcnn\.weights\.save"):
+        W.load(tmp_path / "ours.pth")
 
 
 def test_pickled_code_is_never_executed(tmp_path):

@@ -23,10 +23,12 @@ from tqdm import tqdm
 from . import __version__, accel
 from .errors import LesrcnnError, first_line
 from .export import INT8_RECIPE, int8_model, need, to_onnx
-from .io import atomic_write_bytes
+from .io import ImageWarning, atomic_write_bytes
 from .model import LESRCNN, check_scale, fuse_rb
+from .upscale import prepare, tune_cpu_allocator
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
 # The rule behind ``auto`` on a CPU, from `lesrcnn bench` side by side on one machine (x2,
 # 256x256 -> 512x512, 2 threads; benchmarks/results/bench_cpu.txt): OpenVINO fp32 is the fastest
 # fp32 runtime and OpenVINO INT8 the fastest INT8 one; ONNX Runtime is next; our fused oneDNN
@@ -36,13 +38,11 @@ _RUNNERS: OrderedDict = OrderedDict()  # the compiled runtimes, the last 12 used
 
 
 def cache_dir() -> Path:
-    """The user's cache folder for lesrcnn (``LESRCNN_CACHE``, else XDG / ~/.cache / ~/Library/Caches)."""
+    """The user's cache folder for lesrcnn: ``LESRCNN_CACHE``, else ``$XDG_CACHE_HOME/lesrcnn`` or
+    ``~/.cache/lesrcnn`` on every platform (torch.hub's convention)."""
     if os.environ.get("LESRCNN_CACHE"):
         return Path(os.environ["LESRCNN_CACHE"])
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "lesrcnn"
-    base = os.environ.get("XDG_CACHE_HOME") or (os.environ.get("LOCALAPPDATA") if os.name == "nt" else None)
-    return Path(base or Path.home() / ".cache") / "lesrcnn"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lesrcnn"
 
 
 def digest(model: LESRCNN) -> str:
@@ -71,13 +71,10 @@ def auto_order(precision: str, device: torch.device) -> tuple[str, ...]:
 
 def auto_report(precision: str = "fp32", device: str | torch.device = "cpu") -> list[tuple[str, str]]:
     """(backend, status) in ``auto``'s order: 'picked', 'not installed: ...' or 'fallback ...'."""
-    out = []
-    for name in auto_order(precision, torch.device(device)):
-        why = installed(name)
-        picked = any(st == "picked" for _, st in out)
-        out.append((name, f"not installed: {why}" if why else
-                    "fallback if the one above fails to load" if picked else "picked"))
-    return out
+    report = [(name, installed(name)) for name in auto_order(precision, torch.device(device))]
+    first = next((name for name, why in report if why is None), None)
+    return [(name, f"not installed: {why}" if why else "picked" if name == first else
+             "fallback if the one above fails to load") for name, why in report]
 
 
 class Engine(nn.Module):
@@ -86,32 +83,25 @@ class Engine(nn.Module):
 
     def __init__(self, model: LESRCNN | None, precision: str, scales: tuple[int, ...] | None = None):
         super().__init__()
-        self.model, self.precision = model, precision
+        self.model, self.precision, self.dtype = model, precision, PRECISIONS[precision]
         self.scales = tuple(scales or model.scales)
 
     def receptive_margin(self) -> int:
         return (self.model or LESRCNN(self.scales)).receptive_margin()
-
-    def forward(self, x: torch.Tensor, scale: int | None = None) -> torch.Tensor:
-        if scale is None and len(self.scales) > 1:
-            raise LesrcnnError("a multi-scale model needs the scale: engine(x, scale)")
-        return self.run(x, check_scale(self.scales[0] if scale is None else scale, self.scales))
 
 
 class TorchEngine(Engine):
     name = "torch"
 
     def __init__(self, model: LESRCNN, device: torch.device, precision: str = "fp32"):
-        from .upscale import PRECISIONS, prepare  # (upscale imports this module)
-
         super().__init__(model, precision)
-        self.device, self.dtype = device, PRECISIONS[precision]
+        self.device = device
         cpu32 = device.type == "cpu" and precision == "fp32" and accel.available()
         self.net = accel.CpuAccelerator(model) if cpu32 else prepare(fuse_rb(model), device, self.dtype)
         self.fp32 = None if precision == "fp32" else prepare(fuse_rb(model), device, torch.float32)
 
     @torch.inference_mode()
-    def run(self, x: torch.Tensor, scale: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: int) -> torch.Tensor:  # the network checks the scale
         y = self.net(x.to(self.device, self.dtype).contiguous(memory_format=torch.channels_last), scale)
         if self.fp32 is not None and not bool(torch.isfinite(y).all()):
             warnings.warn(f"{self.precision} output overflowed (NaN/Inf); recomputing in fp32", stacklevel=3)
@@ -143,11 +133,12 @@ class RuntimeEngine(Engine):
         _RUNNERS.move_to_end(key)
         return _RUNNERS[key]
 
-    def run(self, x: torch.Tensor, scale: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: int) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise LesrcnnError(f"the engine takes an N x 3 x H x W tensor, got shape {tuple(x.shape)}")
+        run = self.runner(check_scale(scale, self.scales))
         xn = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        return torch.from_numpy(np.ascontiguousarray(self.runner(scale)(xn), dtype=np.float32))
+        return torch.from_numpy(np.ascontiguousarray(run(xn), dtype=np.float32))
 
 
 def _onnx_file_scale(path: str | os.PathLike) -> int:
@@ -189,11 +180,7 @@ def openvino_runner(src: bytes, threads: int | None = None) -> Callable[[np.ndar
         request = core.compile_model(core.read_model(src, b""), "CPU", config).create_infer_request()
     except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
         raise LesrcnnError(f"OpenVINO cannot load the model: {first_line(e)[:240]}") from None
-
-    def run(x: np.ndarray) -> np.ndarray:
-        request.infer({0: x}, share_inputs=True)
-        return request.get_output_tensor(0).data.copy()
-    return run
+    return lambda x: request.infer({0: x}, share_inputs=True)[0]  # outputs copied (share_outputs=False)
 
 
 def int8_name(key: str, scale: int) -> str:
@@ -226,8 +213,23 @@ def create(model: LESRCNN | None, backend: str = "auto", precision: str = "fp32"
            device: torch.device | str = "cpu", threads: int | None = None, scales: tuple[int, ...] = (),
            onnx_file: str | os.PathLike | None = None, progress: bool = True) -> Engine:
     """The engine for ``backend`` (``auto``: the first of :data:`AUTO_ORDER` that is installed and
-    loads, with a warning for each one that fails); ``scales`` are built now."""
-    device = torch.device(device)  # backend and precision: checked by the callers (Upscaler, argparse)
+    loads, with a warning for each one that fails); ``scales`` are built now. fp16/bf16 run on CUDA
+    only (fp32 elsewhere, with a warning; a batch whose output overflows is redone in fp32), int8 on
+    the CPU; ``engine.precision`` is what runs. ``threads``: CPU threads of the onnx/openvino runtimes."""
+    device = torch.device(device)
+    if backend not in BACKENDS:
+        raise LesrcnnError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise LesrcnnError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision in ("fp16", "bf16") and device.type != "cuda":
+        warnings.warn(f"--precision {precision} is a CUDA path; running fp32 on {device.type}", ImageWarning,
+                      stacklevel=3)
+        precision = "fp32"
+    elif precision == "bf16" and not torch.cuda.is_bf16_supported():
+        warnings.warn("this GPU has no bf16; using fp16", ImageWarning, stacklevel=3)
+        precision = "fp16"
+    if device.type == "cpu":
+        tune_cpu_allocator()
     if precision == "int8" and device.type != "cpu":
         raise LesrcnnError("--precision int8 runs on the CPU (--device cpu)")
     if onnx_file is not None and backend == "torch":
@@ -237,7 +239,18 @@ def create(model: LESRCNN | None, backend: str = "auto", precision: str = "fp32"
     errors = []
     for name in names:
         try:
-            return _build(name, model, precision, device, threads, scales, onnx_file, progress)
+            if why := installed(name):
+                raise LesrcnnError(why)
+            if name == "torch":
+                if precision == "int8":
+                    raise LesrcnnError("the torch backend has no INT8 path: use --backend openvino or onnx")
+                return TorchEngine(model, device, precision)
+            if device.type != "cpu":  # (fp16/bf16 only reach here on CUDA)
+                raise LesrcnnError(f"--backend {name} runs on the CPU (--device cpu)")
+            engine = RuntimeEngine(name, model, precision, threads, onnx_file, progress)
+            for s in scales:  # compiled now, so that a runtime that fails to load falls back here
+                engine.runner(s)
+            return engine
         except LesrcnnError as e:
             why = str(e)
         if backend != "auto":
@@ -246,21 +259,3 @@ def create(model: LESRCNN | None, backend: str = "auto", precision: str = "fp32"
         if len(errors) < len(names):
             warnings.warn(f"backend {name} unavailable ({why}); trying the next", stacklevel=2)
     raise LesrcnnError(f"no backend can run {precision}: " + "; ".join(errors))
-
-
-def _build(name: str, model, precision: str, device: torch.device, threads, scales, onnx_file, progress) -> Engine:
-    why = installed(name)
-    if why:
-        raise LesrcnnError(why)
-    if name == "torch":
-        if precision == "int8":
-            raise LesrcnnError("the torch backend has no INT8 path: use --backend openvino or onnx")
-        return TorchEngine(model, device, precision)
-    if device.type != "cpu":
-        raise LesrcnnError(f"--backend {name} runs on the CPU (--device cpu)")
-    if precision in ("fp16", "bf16"):
-        raise LesrcnnError(f"--backend {name} runs fp32 or int8, not {precision}")
-    engine = RuntimeEngine(name, model, precision, threads, onnx_file, progress)
-    for s in scales:  # compiled now, so that a runtime that fails to load falls back here
-        engine.runner(s)
-    return engine

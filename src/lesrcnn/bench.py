@@ -99,30 +99,6 @@ def make_runner(backend: str, model, scale: int, lr: int, threads: int):
     return functools.partial(engine, x, scale)
 
 
-def run_bench(scales: list[int], sizes: list[int], backends: list[str], weights: str | None = None,
-              repeat: int = 5, warmup: int = 1, threads: int | None = None,
-              gemm_n: int = 3072) -> tuple[list[dict], dict]:
-    """Every backend of ``backends`` at every scale and HR size, interleaved; (rows, machine info)."""
-    import torch
-
-    from . import __version__
-    from . import weights as W
-    from .upscale import tune_cpu_allocator
-
-    threads = threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
-    tune_cpu_allocator()  # process-wide: every row runs with it
-    ck = W.load(weights, *scales)
-    info = {"cpu": cpu_name(), "threads": threads, "lesrcnn": __version__, "torch": torch.__version__,
-            "python": platform.python_version(), "peak_gflops": 0.0}
-    for dist in ("onnxruntime", "openvino"):
-        with contextlib.suppress(PackageNotFoundError):
-            info[dist] = version(dist)
-    rows = [row for s in scales for size in sizes
-            for row in _interleaved(ck.model, s, size, backends, info, repeat, warmup, gemm_n)]
-    return rows, info
-
-
 def _interleaved(model, s: int, size: int, backends: list[str], info: dict, repeat: int, warmup: int,
                  gemm_n: int) -> list[dict]:
     """The rows of one scale and size; the GEMM peak is measured between their runs."""
@@ -179,22 +155,14 @@ def whole_file(weights: str | None, threads: int, size: tuple[int, int] = (1920,
     img = np.stack([0.5 + 0.3 * np.sin(xx / (23 + 9 * c)) * np.cos(yy / (17 + 5 * c)) for c in range(3)], 2)
     img[((xx // 97 + yy // 61) % 2) == 0] *= 0.7
     img = np.clip(img * 255 + np.random.default_rng(0).normal(0, 3, img.shape), 0, 255).astype(np.uint8)
-    network_s = 0.0
     with tempfile.TemporaryDirectory(prefix="lesrcnn-bench-") as d:
         src, dst = Path(d, "in.jpg"), Path(d, "out.jpg")
         Image.fromarray(img).save(src, quality=92)
         t0 = time.perf_counter()
         up = Upscaler(scale, weights, device="cpu", threads=threads)
-        forward = up._forward_once
-
-        def timed(x):  # the network alone, without tiling, copies and quantisation
-            nonlocal network_s
-            t = time.perf_counter()
-            y = forward(x)
-            network_s += time.perf_counter() - t
-            return y
-
-        up._forward_once = timed
+        marks: list[float] = []  # start, end, start, ... of each engine call: the network alone
+        up.engine.register_forward_pre_hook(lambda *_: marks.append(time.perf_counter()))
+        up.engine.register_forward_hook(lambda *_: marks.append(time.perf_counter()))
         peak_rss_mb(reset=True)
         t1 = time.perf_counter()
         pic = read_picture(src)
@@ -203,6 +171,7 @@ def whole_file(weights: str | None, threads: int, size: tuple[int, int] = (1920,
         t3 = time.perf_counter()
         write_picture(out, dst, "JPEG")
         t4 = time.perf_counter()
+    network_s = sum(marks[1::2]) - sum(marks[::2])
     return {"input": f"{w}x{h} JPEG", "output": f"{w * scale}x{h * scale} JPEG", "backend": up.backend,
             "tile": up.tile, "startup_s": t1 - t0, "decode_s": t2 - t1, "upscale_s": t3 - t2,
             "network_s": network_s, "encode_s": t4 - t3, "wall_s": t4 - t1,
@@ -233,14 +202,6 @@ def format_table(rows: list[dict], info: dict, auto: list[str], job: dict | None
                      f"{job['network_s']:.2f} s) + encode {job['encode_s']:.2f} s; network "
                      f"{job['network_share']:.1%} of the wall time; peak RSS {job['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
-
-
-def auto_lines() -> list[str]:
-    """What ``--backend auto`` picks on this machine and why (as ``lesrcnn info --backends``)."""
-    from .weights_cli import backends_info
-
-    return [f"auto ({prec}, cpu) picks {v['picks'] or 'nothing'}: {v['rule']}"
-            for prec, v in backends_info()["auto"].items()]
 
 
 def _csv(allowed, what: str, convert=int):
@@ -277,13 +238,32 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def cmd_bench(a) -> int:
+    """Every backend of ``--backends`` at every scale and HR size, interleaved, then the whole file."""
+    import torch
+
+    from . import __version__
+    from . import weights as W
+    from .upscale import tune_cpu_allocator
+    from .weights_cli import backends_info
+
     if a.repeat < 1 or a.warmup < 0 or (a.threads or 1) < 1 or a.gemm_size < 64:
         raise LesrcnnError("--repeat and --threads must be >= 1, --warmup >= 0 and --gemm-size >= 64")
-    rows, info = run_bench(a.scales, a.sizes, a.backends, a.weights, a.repeat, a.warmup, a.threads,
-                           a.gemm_size)
-    job = None if a.no_file else whole_file(a.weights, info["threads"])
+    threads = a.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    tune_cpu_allocator()  # process-wide: every row runs with it
+    ck = W.load(a.weights, *a.scales)
+    info = {"cpu": cpu_name(), "threads": threads, "lesrcnn": __version__, "torch": torch.__version__,
+            "python": platform.python_version(), "peak_gflops": 0.0}
+    for dist in ("onnxruntime", "openvino"):
+        with contextlib.suppress(PackageNotFoundError):
+            info[dist] = version(dist)
+    rows = [row for s in a.scales for size in a.sizes
+            for row in _interleaved(ck.model, s, size, a.backends, info, a.repeat, a.warmup, a.gemm_size)]
+    job = None if a.no_file else whole_file(a.weights, threads)
+    auto = [f"auto ({prec}, cpu) picks {v['picks'] or 'nothing'}: {v['rule']}"  # as `lesrcnn info --backends`
+            for prec, v in backends_info()["auto"].items()]
     if a.json:
-        print(json.dumps({"rows": rows, "machine": info, "auto": auto_lines(), "whole_file": job}, indent=2))
+        print(json.dumps({"rows": rows, "machine": info, "auto": auto, "whole_file": job}, indent=2))
     else:
-        print(format_table(rows, info, auto_lines(), job))
+        print(format_table(rows, info, auto, job))
     return 0

@@ -8,7 +8,6 @@ match the released code (see the spec), so they are shown beside ours, never rep
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 from .errors import LesrcnnError
 from .model import LESRCNN, VARIANTS, build, conv_calls, fuse_rb
@@ -66,12 +65,7 @@ def count(model: LESRCNN, scale: int, height: int, width: int, fused: bool = Fal
 
 def macs(scale: int, height: int, width: int) -> int:
     """MACs of the released network at an LR input of height x width."""
-    return count(_skeleton(scale, "full"), scale, 1, 1)["macs"] * height * width
-
-
-@lru_cache(maxsize=None)
-def _skeleton(scale: int, variant: str) -> LESRCNN:
-    return build(scale, variant)
+    return count(build(scale), scale, 1, 1)["macs"] * height * width
 
 
 def complexity_report(model: LESRCNN, size: str = "256x256") -> dict:
@@ -83,7 +77,7 @@ def complexity_report(model: LESRCNN, size: str = "256x256") -> dict:
         c = count(model, s, h, w)
         c["parameters_shared_model"] = sum(p.numel() for p in model.parameters())
         c["fused_macs"] = count(model, s, h, w, fused=True)["macs"]
-        c["variants"] = [count(_skeleton(s, name), s, h, w) | {"paper": PAPER.get(name)} for name in VARIANTS]
+        c["variants"] = [count(build(s, name), s, h, w) | {"paper": PAPER.get(name)} for name in VARIANTS]
         per_px = c["macs_per_lr_pixel"]
         c["paper_3.08G_equivalent"] = {
             "if_macs_lr_pixels": round(3.08e9 / per_px), "if_flops_lr_pixels": round(3.08e9 / 2 / per_px)}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LesrcnnError
-from .io import DEFAULT_MAX_PIXELS, READ_EXTS, read_picture, to_8bit
+from .io import READ_EXTS, read_picture, to_8bit
 from .resize import crop_to_multiple, degrade
 
 # a folder of low-resolution images: LR, LR_bicubic, DIV2K_train_LR_bicubic, lr-x2...
@@ -43,37 +43,31 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in found if p.is_file())
 
 
-def read_rgb(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_rgb(path: Path) -> np.ndarray:
     """HxWx3 uint8 for the paper's metrics and for training: gray is replicated to RGB (as the
     paper's code evaluates it), 16 bits are rounded to 8, alpha is dropped."""
-    pic = read_picture(path, max_pixels)
+    pic = read_picture(path)
     return np.ascontiguousarray(to_8bit(np.repeat(pic.color, 3, axis=2) if pic.gray else pic.color))
-
-
-def _is_lr_folder(p: Path) -> bool:
-    return bool(_LR_FOLDER.search(p.name)) or (re.fullmatch(r"[xX]\d", p.name) is not None
-                                               and bool(_LR_FOLDER.search(p.parent.name)))
 
 
 def _existing_folder(folder: str | Path) -> Path:
     root = Path(folder)
-    if not root.exists():
-        raise LesrcnnError(f"data folder not found: {root}")
     if not root.is_dir():
-        raise LesrcnnError(f"not a folder: {root}")
+        raise LesrcnnError(f"not a folder: {root}" if root.exists() else f"data folder not found: {root}")
     return root
 
 
-def _hr_set(root: Path) -> tuple[Path, Path | None, list[Path]]:
-    """(the dataset folder, its HR folder or None, the HR images). The HR folder is ``ROOT/HR``,
-    ``ROOT/*_HR`` or ROOT itself when so named (``Set14/HR`` is the dataset ``Set14``); without one
-    every image is HR, but LR images must never be scored (or trained on) as HR."""
+def _hr_set(root: Path) -> tuple[Path, Path, list[Path]]:
+    """(the dataset folder, the folder of its HR images, the HR images). The HR folder is ``ROOT/HR``,
+    ``ROOT/*_HR`` or ROOT itself when so named (``Set14/HR`` is the dataset ``Set14``); without one (the
+    two folders are then one) every image is HR, but LR images must never be scored (or trained on) as HR."""
     if _HR_FOLDER.fullmatch(root.name):
         base, hr_dir = root.parent, root
     else:
-        hr_dirs = sorted(d for d in root.iterdir() if d.is_dir() and _HR_FOLDER.fullmatch(d.name))
-        base, hr_dir = root, (hr_dirs[0] if hr_dirs else None)
-    if hr_dir is None and _is_lr_folder(root):
+        hr_dirs = (d for d in root.iterdir() if d.is_dir() and _HR_FOLDER.fullmatch(d.name))
+        base, hr_dir = root, min(hr_dirs, default=None)
+    scale_dir = re.fullmatch(r"[xX]\d", root.name) and _LR_FOLDER.search(root.parent.name)  # LR_bicubic/X2
+    if hr_dir is None and (_LR_FOLDER.search(root.name) or scale_dir):
         raise LesrcnnError(f"{root} holds low-resolution (LR) images; {_HINT}")
     folder = hr_dir or root
     found = list_images(folder)
@@ -82,7 +76,7 @@ def _hr_set(root: Path) -> tuple[Path, Path | None, list[Path]]:
     lr = next((d for p in found for d in p.relative_to(folder).parts[:-1] if _LR_FOLDER.search(d)), None)
     if lr is not None:
         raise LesrcnnError(f"{folder} mixes LR images ({lr}/) with the HR images; {_HINT}")
-    return base, hr_dir, found
+    return base, folder, found
 
 
 def hr_images(folder: str | Path) -> list[Path]:
@@ -119,10 +113,9 @@ def find_dataset(root: str | Path, scale: int) -> Dataset:
         return _selfexsr(root / f"image_SRF_{scale}", root.name)
     if any(root.glob("image_SRF_*")):
         raise LesrcnnError(f"{root} has no image_SRF_{scale} folder for x{scale}")
-    base, hr_dir, hrs = _hr_set(root)
-    folder = hr_dir or root
+    base, folder, hrs = _hr_set(root)
     lr_dir = base / f"{folder.name[:-2]}LR_bicubic" / f"X{scale}"  # DIV2K_train_HR: DIV2K_train_LR_bicubic
-    if hr_dir is None or not lr_dir.is_dir():
+    if folder == base or not lr_dir.is_dir():
         return Dataset(base.name, "hr-only", [Pair(str(p.relative_to(folder).with_suffix("")), p, None)
                                               for p in hrs])
     strip = re.compile(rf"(x{scale}|_LR|_lr|_HR|_hr)$", re.IGNORECASE)
@@ -133,15 +126,14 @@ def find_dataset(root: str | Path, scale: int) -> Dataset:
     return Dataset(base.name, "basicsr", [Pair(p.stem, p, lrs[strip.sub("", p.stem)]) for p in hrs])
 
 
-def load_pair(pair: Pair, scale: int,
-              max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+def load_pair(pair: Pair, scale: int) -> tuple[np.ndarray, np.ndarray]:
     """(HR cropped to a multiple of scale, LR) as HxWx3 uint8, sizes checked."""
-    hr = read_rgb(pair.hr, max_pixels)
+    hr = read_rgb(pair.hr)
     if pair.lr is None:
         if min(hr.shape[:2]) < scale:
             raise LesrcnnError(f"{pair.hr} is smaller than the scale x{scale}")
         return degrade(hr, scale)
-    lr = read_rgb(pair.lr, max_pixels)
+    lr = read_rgb(pair.lr)
     if crop_to_multiple(hr, scale).shape[:2] != (lr.shape[0] * scale, lr.shape[1] * scale):
         raise LesrcnnError(f"HR/LR size mismatch for {pair.hr.name}: HR {hr.shape[1]}x{hr.shape[0]}, "
                            f"LR {lr.shape[1]}x{lr.shape[0]} at x{scale}")

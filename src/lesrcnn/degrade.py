@@ -1,7 +1,6 @@
 """Real-photo LR for training: users' photos are blurred, resized, noised and JPEG-compressed, and a
 network trained only on clean bicubic LR sharpens JPEG blocks along with edges. ``real_lr`` makes
-each patch's LR through a randomised :class:`Chain`; all randomness comes from ``rng``.
-"""
+each patch's LR through a randomised :class:`Chain`; all randomness comes from ``rng``."""
 from __future__ import annotations
 
 import io
@@ -68,19 +67,18 @@ def real_lr(hr: np.ndarray, scale: int, rng: np.random.Generator, chain: Chain =
     h, w = hr.shape[:2]
     if h % scale or w % scale or h == 0 or w == 0:
         raise LesrcnnError(f"HR size {w}x{h} is not a positive multiple of the scale {scale}")
-    c = chain
-    x = _blur(hr, scale, rng, c) if rng.random() < c.blur_prob else hr
-    names, probs = zip(*c.kernels)
+    x = _blur(hr, scale, rng, chain) if rng.random() < chain.blur_prob else hr
+    names, probs = zip(*chain.kernels)
     kernel = names[rng.choice(len(probs), p=np.divide(probs, sum(probs)))]
     if kernel == "bicubic":
         x = imresize(x, 1.0 / scale)
     else:
         pil = {"bilinear": Image.BILINEAR, "area": Image.BOX, "lanczos": Image.LANCZOS}[kernel]
         x = np.asarray(Image.fromarray(x).resize((w // scale, h // scale), pil))
-    if rng.random() < c.noise_prob:
-        x = _noise(x, rng, c)
-    if rng.random() < c.jpeg_prob:
-        x = jpeg_variant(x, int(rng.integers(c.jpeg_quality[0], c.jpeg_quality[1] + 1)))
+    if rng.random() < chain.noise_prob:
+        x = _noise(x, rng, chain)
+    if rng.random() < chain.jpeg_prob:
+        x = jpeg_variant(x, int(rng.integers(chain.jpeg_quality[0], chain.jpeg_quality[1] + 1)))
     return np.ascontiguousarray(x)
 
 

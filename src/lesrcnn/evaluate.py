@@ -190,7 +190,7 @@ def run(a) -> int:
     from .backends import create
     from .data import find_dataset
     from .io import atomic_write_text
-    from .upscale import pick_device, prepare
+    from .upscale import pick_device
 
     scales = a.scale or [2]
     datasets = {(d, s): find_dataset(d, s) for s in scales for d in a.data}  # validate all folders first
@@ -200,7 +200,6 @@ def run(a) -> int:
     if not a.bicubic:
         ck = W.load(a.weights, *scales)
         device = pick_device(a.device)
-        prepare(ck.model, device)  # the allocator tuning; the engine holds its own copy
         model = create(ck.model, a.backend, a.precision, device, a.threads, tuple(scales))
         print(f"eval: {model.name} backend, {model.precision}", file=sys.stderr)
         method = "LESRCNN-S" if len(ck.scales) > 1 else "LESRCNN"

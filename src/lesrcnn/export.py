@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import __version__
 from .errors import LesrcnnError
 from .io import atomic_write_bytes
+from .model import check_scale, fuse_rb, stages
 
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 11, 20  # DepthToSpace mode="CRD" (PixelShuffle); the TorchScript exporter's last
@@ -60,9 +62,6 @@ def to_onnx(model, scale: int, opset: int = DEFAULT_OPSET, fp16: bool = False, m
     """An ``onnx.ModelProto`` computing ``model`` at ``scale``: float32 NCHW RGB in [0, 1] ->
     float32 NCHW (sH, sW), unclamped; with ``fp16``, float16 inside behind Cast nodes."""
     onnx = need("onnx")
-    from . import __version__
-    from .model import check_scale, fuse_rb
-
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise LesrcnnError(f"--opset {opset}: LESRCNN needs opset {MIN_OPSET} to {MAX_OPSET} "
                            "(DepthToSpace CRD)")
@@ -133,8 +132,6 @@ def equalize(model, patches: Iterable[np.ndarray], scale: int, q: float = 0.9999
     joined by a ReLU alone (or PixelShuffles: ``sub`` producer channels per consumer channel); exact as
     ReLU(s x) = s ReLU(x), s > 0. Weak channels get more INT8 levels; ``max_gain`` bounds the consumer's
     loss of them."""
-    from .model import fuse_rb, stages
-
     m = fuse_rb(model).float().eval().cpu()
     hr = [[c for c in m.upsample[f"x{scale}"] if isinstance(c, nn.Conv2d)][-1], *m.irb, m.tail]
     pairs = ([(a, b, 1) for a, b in zip(m.body3, m.body1)] + [(hr[0], hr[1], stages(scale)[-1] ** 2)]
@@ -230,16 +227,12 @@ def cmd_export(a) -> int:
 
     if a.int8 and a.opset != DEFAULT_OPSET:
         raise LesrcnnError(f"--int8 writes the model --precision int8 runs, opset {DEFAULT_OPSET}")
-    ck = W.load(a.weights)
-    scales = sorted(set(a.scale)) if a.scale else list(ck.scales)
-    for s in scales:
-        ck.require_scale(s)
-    out = Path(a.output)  # one file per scale: "{scale}" in the name replaced, else _xS added if several
-    if "{scale}" in a.output:
-        paths = {s: Path(a.output.replace("{scale}", str(s))) for s in scales}
-    else:
-        paths = {s: out if len(scales) == 1 else out.with_name(f"{out.stem}_x{s}{out.suffix or '.onnx'}")
-                 for s in scales}
+    ck = W.load(a.weights, *(a.scale or ()))
+    scales = sorted(set(a.scale or ck.scales))
+    out = a.output  # one file per scale: "{scale}" in the name replaced, else _xS added if several
+    if "{scale}" not in out and len(scales) > 1:
+        out = str(Path(out).with_name(f"{Path(out).stem}_x{{scale}}{Path(out).suffix or '.onnx'}"))
+    paths = {s: Path(out.replace("{scale}", str(s))) for s in scales}
     for path in paths.values():
         if path.exists() and not a.overwrite:
             raise LesrcnnError(f"{path} exists; pass --overwrite to replace it")
@@ -257,14 +250,13 @@ def cmd_export(a) -> int:
                 note = f", INT8 mean |error| on a synthetic patch = {d * 255:.2f}/255"
         else:
             proto = to_onnx(ck.model, s, a.opset, a.fp16, metadata={"source": Path(str(ck.source)).name})
-            tol = VERIFY_TOL_FP16 if a.fp16 else VERIFY_TOL
-            diff = 0.0 if a.no_verify else verify(proto, ck.model, s)
-            if not diff < tol:
-                raise LesrcnnError(f"x{s}: ONNX Runtime differs from PyTorch by {diff:.3g} (limit {tol:g}); "
-                                   "nothing written")
-            if not a.no_verify:
-                note = f", max |ORT - PyTorch| = {diff:.2e}"
             data = proto.SerializeToString()
+            if not a.no_verify:
+                diff, tol = verify(proto, ck.model, s), VERIFY_TOL_FP16 if a.fp16 else VERIFY_TOL
+                if not diff < tol:
+                    raise LesrcnnError(f"x{s}: ONNX Runtime differs from PyTorch by {diff:.3g} "
+                                       f"(limit {tol:g}); nothing written")
+                note = f", max |ORT - PyTorch| = {diff:.2e}"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
         print(f"wrote {path} (x{s}, {kind}, opset {a.opset}, dynamic height/width{note})")

@@ -45,15 +45,12 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[B
     """A binary file that becomes ``path`` when the block ends without an exception (SIGTERM's
     included: then ``path`` is untouched). ``overwrite=False``: FileExistsError if ``path`` exists by
     then. The temp file gets a normal file's mode and a lock (clean_stale_temps leaves it alone)."""
-    path, tmp = Path(path), ""
+    path = Path(path)
+    # named before open(): a signal that lands inside open(), after the file appeared, removes it. Two
+    # writers of one output drawing one of 2**32 names would both fail; neither would be half-written.
+    tmp = str(path.parent / f".{path.name[:200]}{TEMP_MARK}{secrets.token_hex(4)}")
     try:
-        tmp = str(path.parent / f".{path.name[:200]}{TEMP_MARK}{secrets.token_hex(4)}")
-        try:  # tmp is set first: a signal that lands inside open(), after the file appeared, removes it
-            f = open(tmp, "xb")
-        except FileExistsError:  # a random name already taken: not ours to remove
-            tmp = ""
-            raise
-        with f:
+        with open(tmp, "xb") as f:
             _try_lock(f.fileno())
             yield f
             f.flush()
@@ -73,19 +70,17 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[B
             raise
         raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from None
     finally:
-        if tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> None:
     with atomic_output(path, overwrite) as f:
         f.write(data)
-    return Path(path)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
-    return atomic_write_bytes(path, text.encode(), overwrite)
+def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> None:
+    atomic_write_bytes(path, text.encode(), overwrite)
 
 
 def clean_stale_temps(folder: str | os.PathLike, older_than_s: float = 600.0) -> int:
@@ -113,8 +108,6 @@ EXTENSION = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif", "BM
 DEEP_FORMATS = frozenset({"PNG", "TIFF"})  # 16 bits per sample
 ALPHA_FORMATS = frozenset({"PNG", "TIFF", "WEBP"})
 _MAX_SIDE = {"JPEG": 65_500, "WEBP": 16_383, "PNG": 2**31 - 1, "TIFF": 2**32 - 1, "BMP": 2**31 - 1}
-_METADATA = {"icc_profile": ("PNG", "JPEG", "WEBP", "TIFF"), "dpi": ("PNG", "JPEG", "TIFF", "BMP"),
-             "exif": ("PNG", "JPEG", "WEBP")}  # what we hand Pillow's 8-bit writers
 
 
 class ImageWarning(UserWarning):
@@ -245,14 +238,13 @@ def _tiff16_planes(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
         except ValueError as e:
             if "imagecodecs" not in str(e):
                 raise
-            a = _cv2_rgb16(data)  # LZW, JPEG...: libtiff in OpenCV
-            if a is None or a.shape[2] != page.samplesperpixel:
+            a = _cv2_rgb16(data) if page.planarconfig == 1 else None  # LZW, JPEG...: libtiff in OpenCV,
+            if a is None or a.shape[2] != page.samplesperpixel:  # which garbles planar 16-bit TIFFs
                 raise LesrcnnError(f"this 16-bit TIFF's {page.compression.name} compression needs "
                                    f"'pip install imagecodecs'") from None
-        ncolor = 3 if page.photometric == 2 else 1
-        color = a[..., :ncolor]
+        color = a[..., :3]
         extra = page.extrasamples[0] if page.extrasamples else 2  # no tag: alpha, as Pillow reads it
-        alpha = a[..., ncolor] if a.shape[-1] > ncolor and extra else None  # 0: unspecified, not alpha
+        alpha = a[..., 3] if a.shape[-1] > 3 and extra else None  # 0: unspecified, not alpha
         if alpha is not None and extra == 1:  # associated (premultiplied) alpha
             w = np.maximum(alpha, 1)[..., None].astype(np.float32)
             color = np.clip(color * (65535.0 / w) + 0.5, 0, 65535).astype(np.uint16)
@@ -261,14 +253,12 @@ def _tiff16_planes(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _to_rgb(im, icc: bytes | None, source: str):
     """CMYK through its ICC profile where it has a usable one; YCbCr, LAB, HSV and other CMYK plainly."""
-    from PIL import features
+    from PIL import ImageCms
 
-    if im.mode == "CMYK" and icc and features.check("littlecms2"):
-        from PIL import ImageCms
-
-        with contextlib.suppress(ImageCms.PyCMSError, OSError, ValueError):
-            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            out = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    if im.mode == "CMYK" and icc:
+        with contextlib.suppress(ImageCms.PyCMSError, ImportError):  # ImportError: Pillow without littlecms
+            srgb = ImageCms.createProfile("sRGB")
+            out = ImageCms.profileToProfile(im, io.BytesIO(icc), srgb, outputMode="RGB")
             warn(f"{source}: CMYK image converted to sRGB through its ICC profile")
             return out
     why = " (no usable ICC profile: colours are approximate)" if im.mode == "CMYK" else ""
@@ -287,8 +277,7 @@ def _standard_planes(im, name: str, icc: bytes | None) -> tuple[np.ndarray, np.n
     if m.startswith("I"):  # I;16, I;16B..., I (32-bit)
         a = np.asarray(im)
         if a.size and (a.min() < 0 or a.max() > 65535):
-            raise LesrcnnError(f"{name}: 32-bit integer image with values outside 0..65535 is not "
-                               f"supported")
+            raise LesrcnnError(f"{name}: 32-bit integer image with values outside 0..65535 is not supported")
         return a.astype(np.uint16)[..., None], None, icc
     if m in ("CMYK", "YCbCr", "LAB", "HSV"):
         im, icc = _to_rgb(im, icc, name), None
@@ -318,13 +307,13 @@ def _clean_dpi(dpi) -> tuple[float, float] | None:
     return (x, y) if math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0 else None
 
 
-def _picture(im, color, alpha, icc, source: str, decoded: bool = True) -> Picture:
+def _picture(im, color, alpha, icc, source: str) -> Picture:
     """The planes turned by the file's EXIF orientation, and the metadata to carry over."""
     from PIL import Image
 
     orientation, exif = 1, None
-    try:  # undecoded PNG: Pillow would decode it all to find an eXIf after the pixels; take one before
-        tags = im.getexif() if decoded or im.format != "PNG" or "exif" in im.info else Image.Exif()
+    try:  # PNG: Pillow would decode the pixels to look for an eXIf after them (a decoded one is in info)
+        tags = im.getexif() if im.format != "PNG" or "exif" in im.info else Image.Exif()
         orientation = int(tags.get(0x0112, 1) or 1)
         if "exif" in im.info:  # a real EXIF block (TIFF files report their own tags here: not carried)
             e = Image.Exif()
@@ -333,7 +322,6 @@ def _picture(im, color, alpha, icc, source: str, decoded: bool = True) -> Pictur
             exif = e.tobytes() if len(e) else None
     except Exception:  # noqa: BLE001 - broken EXIF must never stop an upscale
         warn(f"{source}: unreadable EXIF data ignored")
-        exif = None
     alpha = None if alpha is None else orient(alpha, orientation)
     return Picture(color=orient(color, orientation), alpha=alpha, icc=icc, dpi=_clean_dpi(im.info.get("dpi")),
                    exif=exif, format=im.format, source=source)
@@ -343,20 +331,17 @@ def _decode(im, f: BinaryIO, source: str) -> Picture:
     """``im`` opened from ``f``; 16-bit colour or alpha, which Pillow would cut, is read from the bytes."""
     if getattr(im, "n_frames", 1) > 1:
         warn(f"{source}: {im.n_frames} frames/pages; only the first is upscaled")
-    icc = im.info.get("icc_profile") or None
     if im.format == "PNG":  # IHDR: bit depth 16 with colour type RGB, gray+alpha or RGBA
         f.seek(0)  # Pillow seeks to the pixels itself when it loads them
-        head = f.read(26)
-        deep = len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
+        deep = f.read(26)[24:] in (b"\x10\x02", b"\x10\x04", b"\x10\x06")
     else:
         tags = getattr(im, "tag_v2", {}) if im.format == "TIFF" else {}
-        deep = np.max(tags.get(258) or 8) == 16 and tags.get(277, 1) >= 2 and tags.get(262) in (1, 2)
+        deep = np.max(tags.get(258) or 8) == 16 and tags.get(262) == 2  # RGB(A): Pillow opens no 16-bit LA
     if deep:
         f.seek(0)
         color, alpha = (_png16_planes if im.format == "PNG" else _tiff16_planes)(f.read())
-        return _picture(im, color, alpha, icc, source, decoded=False)
-    im.load()
-    return _picture(im, *_standard_planes(im, source, icc), source)
+        return _picture(im, color, alpha, im.info.get("icc_profile") or None, source)
+    return picture_from_pil(im, source)
 
 
 def _pixels(n: int) -> str:
@@ -473,9 +458,7 @@ def _encodable(pic: Picture, fmt: str) -> Picture:
 def write_picture(pic: Picture, dst: str | os.PathLike | BinaryIO, fmt: str, quality: int | None = None,
                   overwrite: bool = True) -> None:
     """Encode ``pic`` (uint8 or uint16) as ``fmt`` to a path (atomically) or a binary stream."""
-    fmt = fmt.upper()
-    if fmt not in EXTENSION:
-        raise LesrcnnError(f"cannot write format {fmt}: choose one of png, jpg, webp, tiff, bmp")
+    fmt = normalize_format(fmt)
     if pic.bits not in (8, 16):
         raise LesrcnnError("only 8-bit and 16-bit pictures can be written")
     if max(pic.width, pic.height) > _MAX_SIDE[fmt]:
@@ -485,8 +468,8 @@ def write_picture(pic: Picture, dst: str | os.PathLike | BinaryIO, fmt: str, qua
         raise LesrcnnError(f"quality must be 1..100, got {quality}")
     pic = _encodable(pic, fmt)
     q = 95 if quality is None else quality
-    meta = {"icc_profile": pic.icc, "dpi": pic.dpi, "exif": pic.exif}
-    kw = {k: v for k, v in meta.items() if v and fmt in _METADATA[k]}
+    meta = {"icc_profile": pic.icc, "dpi": pic.dpi, "exif": None if fmt == "TIFF" else pic.exif}
+    kw = {k: v for k, v in meta.items() if v}  # writers ignore what their format lacks; TIFF has own tags
     kw.update({"JPEG": {"quality": q, "subsampling": 0 if q >= 90 else 2},
                "WEBP": {"quality": q, "lossless": q >= 100, "method": 4},
                "TIFF": {"compression": "tiff_adobe_deflate"}}.get(fmt, {}))
@@ -510,12 +493,12 @@ def _write_png16(pic: Picture, f: BinaryIO) -> None:
     from PIL.PngImagePlugin import putchunk
 
     cv2 = _cv2()
-    c, a = pic.color, pic.alpha
-    if c.shape[2] == 1:  # file bytes G_hi G_lo A_hi A_lo; OpenCV writes its B,G,R,A input as R,G,B,A
-        img = c[..., 0] if a is None else _planes(c, a).astype(">u2").view(np.uint8)[..., [2, 1, 0, 3]]
-    else:
-        to_bgr = cv2.COLOR_RGB2BGR if a is None else cv2.COLOR_RGBA2BGRA
-        img = cv2.cvtColor(np.ascontiguousarray(_planes(c, a)), to_bgr)
+    img = _planes(pic.color, pic.alpha)
+    if img.shape[2] == 2:  # file bytes G_hi G_lo A_hi A_lo
+        img = img.astype(">u2").view(np.uint8)
+    if img.shape[2] > 1:  # OpenCV writes its B,G,R(,A) input as R,G,B(,A)
+        to_bgr = cv2.COLOR_RGB2BGR if img.shape[2] == 3 else cv2.COLOR_RGBA2BGRA
+        img = cv2.cvtColor(np.ascontiguousarray(img), to_bgr)
     fast = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
             cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FAST_FILTERS]
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(img), fast)
@@ -523,7 +506,7 @@ def _write_png16(pic: Picture, f: BinaryIO) -> None:
         raise ValueError("OpenCV could not encode the PNG")
     data = memoryview(buf).cast("B")
     ihdr = bytes(data[12:29])
-    if c.shape[2] == 1 and a is not None:
+    if pic.gray and pic.alpha is not None:
         ihdr = ihdr[:12] + b"\x10\x04" + ihdr[14:]
     f.write(data[:8])
     putchunk(f, ihdr[:4], ihdr[4:])

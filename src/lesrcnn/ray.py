@@ -93,7 +93,7 @@ def upscale_dataset(items, *, scale: int = 2, weights=None, address: str | None 
     res = ray.cluster_resources()
     gpus = (1.0 if res.get("GPU", 0) > 0 else 0.0) if gpus_per_actor is None else gpus_per_actor
     options = dict(upscaler_options or {})
-    if options.get("device", "auto") == "auto":
+    if gpus > 0 or options.get("device", "auto") == "auto":  # Ray shows each GPU actor its GPU as cuda:0
         options["device"] = "cuda" if gpus > 0 else "cpu"
     actors = int(res.get("GPU", 0) // gpus) if gpus > 0 else int(res.get("CPU", 1))
     # Ray Data's INFO lines (and its progress, logged line by line when stderr is not a terminal)
@@ -103,9 +103,7 @@ def upscale_dataset(items, *, scale: int = 2, weights=None, address: str | None 
     ray.data.DataContext.get_current().enable_progress_bars = progress
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))  # one image per block: even spread
     out = ds.map(UpscaleActor, compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(rows)))),
-                 num_cpus=1, num_gpus=gpus,
-                 fn_constructor_kwargs={"scale": scale, "weights": weights, "options": options,
-                                        "overwrite": overwrite, "quality": quality})
+                 num_cpus=1, num_gpus=gpus, fn_constructor_args=(scale, weights, options, overwrite, quality))
     done = list(out.iter_rows())
     report.written = sum(row["status"] == "written" for row in done)
     report.skipped += sum(row["status"] == "skipped" for row in done)
@@ -117,11 +115,9 @@ def run_cli_jobs(jobs, a) -> tuple[int, int, int]:
     """``lesrcnn upscale --ray``: the CLI's planned jobs on Ray; (written, skipped, failed)."""
     if any(j.src is None or j.dst is None for j in jobs):
         raise LesrcnnError("--ray reads and writes files: - (stdin/stdout) is not supported")
-    gpus = None if a.device == "auto" else (1.0 if a.device.startswith("cuda") else 0.0)
-    options = {"device": "cuda" if gpus else a.device,  # Ray shows each GPU actor its own GPU as cuda:0
-               "precision": a.precision, "tile": a.tile, "overlap": a.tile_overlap, "batch": a.batch,
-               "self_ensemble": a.self_ensemble, "backend": a.backend, "quantize": a.quantize,
-               "max_pixels": a.max_pixels}
+    gpus = None if a.device == "auto" else float(a.device.startswith("cuda"))
+    names = ("device", "precision", "tile", "batch", "self_ensemble", "backend", "quantize", "max_pixels")
+    options = {k: getattr(a, k) for k in names} | {"overlap": a.tile_overlap}
     report = upscale_dataset([(str(j.src), str(j.dst), j.fmt) for j in jobs], scale=a.scale,
                              weights=a.weights, address=a.ray, overwrite=a.overwrite, quality=a.quality,
                              gpus_per_actor=gpus, upscaler_options=options, progress=not a.quiet)

@@ -18,33 +18,30 @@ from .errors import LesrcnnError
 READ_TIMEOUT = 30.0  # seconds to receive a request body; more: 408
 
 
-class ApiError(Exception):
-    """A refusal, shaped like Starlette's HTTPException so that one handler answers both."""
-
-    def __init__(self, status_code: int, detail: str):
-        super().__init__(detail)
-        self.status_code, self.detail = status_code, detail
-
-
 def check_pixels(data: bytes, max_pixels: int, name: str) -> None:
-    """Refuse an image whose header declares too many pixels, before anything is decoded."""
+    """Refuse an image whose header declares too many pixels, before it waits for an inference slot."""
     from PIL import Image
+    from starlette.exceptions import HTTPException
 
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
     except Image.DecompressionBombError:
-        raise ApiError(413, f"{name}: too many pixels (decompression bomb guard)") from None
+        raise HTTPException(413, f"{name}: too many pixels (decompression bomb guard)") from None
     except Exception:  # not an image, damaged header: read_picture words it
         return
     if w * h > max_pixels:
-        raise ApiError(413, f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP is above the server's limit of "
-                            f"{max_pixels / 1e6:g} MP")
+        raise HTTPException(413, f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP is above the server's limit of "
+                                 f"{max_pixels / 1e6:g} MP")
 
 
-async def read_body(request, max_upload: int) -> bytes:
-    """The body, at most ``max_upload`` bytes (413 beyond, after draining a bounded amount so
-    that the client reads the answer), within READ_TIMEOUT (408)."""
+async def read_upload(request, max_upload: int) -> tuple[bytes, str, dict]:
+    """(image bytes, file name, parameters: the query's and the form's fields) from a multipart form
+    or a raw body of at most ``max_upload`` bytes (413 beyond, after draining a bounded amount so
+    that the client reads the answer), received within READ_TIMEOUT (408)."""
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+
     chunks, size = [], 0
 
     async def pull() -> None:
@@ -58,34 +55,28 @@ async def read_body(request, max_upload: int) -> bytes:
     try:
         await asyncio.wait_for(pull(), READ_TIMEOUT)
     except asyncio.TimeoutError:
-        raise ApiError(408, f"the upload took longer than {READ_TIMEOUT:g} s") from None
+        raise HTTPException(408, f"the upload took longer than {READ_TIMEOUT:g} s") from None
     except Exception:  # the client went away mid-body
-        raise ApiError(400, "the upload was interrupted") from None
+        raise HTTPException(400, "the upload was interrupted") from None
     if size > max_upload:
-        raise ApiError(413, f"upload larger than the limit of {max_upload / 2**20:g} MB")
-    return b"".join(chunks)
-
-
-async def parse_upload(request, body: bytes) -> tuple[bytes, str, dict]:
-    """(image bytes, file name, form fields) from a multipart form or a raw body."""
-    from starlette.requests import Request
-
+        raise HTTPException(413, f"upload larger than the limit of {max_upload / 2**20:g} MB")
+    body, params = b"".join(chunks), dict(request.query_params)
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
-        return body, "upload", {}
+        return body, "upload", params
 
-    async def receive() -> dict:
+    async def receive() -> dict:  # the form parser reads the body received above
         return {"type": "http.request", "body": body, "more_body": False}
     try:
         form = await Request(request.scope, receive).form(max_files=1, max_fields=8, max_part_size=4096)
     except Exception as e:
-        raise ApiError(400, f"bad multipart form: {getattr(e, 'detail', None) or e}") from None
+        raise HTTPException(400, f"bad multipart form: {getattr(e, 'detail', None) or e}") from None
     f = form.get("file")
     if f is None or isinstance(f, str):
-        raise ApiError(400, "the form has no file in field 'file'")
+        raise HTTPException(400, "the form has no file in field 'file'")
     data = await f.read()
-    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    params.update((k, v) for k, v in form.items() if isinstance(v, str))
     await form.close()
-    return data, (f.filename or "upload")[:200], fields
+    return data, (f.filename or "upload")[:200], params
 
 
 class Service:
@@ -97,8 +88,7 @@ class Service:
         self.a, self.admitted, self.max_upload = a, 0, int(a.max_upload_mb * 2**20)
         # weight-set name -> weights.load's spec; --weights FILE (or None: embedded) is "default"
         self.sets = {"default": a.weights, **({"real": "real"} if embedded_path("real").is_file() else {})}
-        self._ups: dict = {}
-        self._guard = threading.Lock()
+        self._ups, self._guard = {}, threading.Lock()  # (scale, weight set) -> (Upscaler, its lock)
         # Its threads are the inference slots. A request that times out while queued here is
         # cancelled and never runs; one that is running keeps its slot until the work ends.
         self.pool = ThreadPoolExecutor(max_workers=a.concurrency, thread_name_prefix="lesrcnn-infer")
@@ -127,40 +117,38 @@ class Service:
         return buf.getvalue()
 
     async def handle(self, request):
-        """POST /v1/upscale: admission (the queue bound), body, checks, an inference thread, PNG."""
+        """POST /v1/upscale: admission (the queue bound), the upload, checks, an inference thread, PNG."""
         from fastapi.responses import Response
+        from starlette.exceptions import HTTPException
+
+        from .model import check_scale
 
         if self.admitted >= self.a.queue:
-            raise ApiError(503, f"busy: {self.admitted} requests in progress; retry later")
+            raise HTTPException(503, f"busy: {self.admitted} requests in progress; retry later")
         self.admitted += 1
         try:
-            png, scale = await asyncio.wait_for(self._process(request), self.a.timeout)
+            data, name, params = await read_upload(request, self.max_upload)
+            if not data:
+                raise HTTPException(400, "no image in the request (empty body or empty file)")
+            field, weights = params.get("scale", "2").strip()[:20], params.get("weights", "default")
+            scale = check_scale(int(field) if field.isdigit() else field)
+            if weights not in self.sets:
+                raise HTTPException(400, f"unknown weights {weights[:40]!r}; choose from "
+                                         f"{', '.join(self.sets)}")
+            check_pixels(data, self.a.max_pixels, name)
+            job = asyncio.get_running_loop().run_in_executor(self.pool, self.upscale_bytes, data, scale,
+                                                             weights, name)
+            png = await asyncio.wait_for(job, self.a.timeout)
         except asyncio.TimeoutError:
-            raise ApiError(504, f"not done within {self.a.timeout:g} s; try a smaller image") from None
+            raise HTTPException(504, f"not done within {self.a.timeout:g} s; try a smaller image") from None
+        except LesrcnnError as e:
+            raise HTTPException(400, str(e)) from None
+        except (MemoryError, RuntimeError) as e:
+            reason = f"the server could not process this image ({type(e).__name__})"
+            raise HTTPException(503, reason) from None
         finally:
             self.admitted -= 1
         return Response(png, media_type="image/png", headers={"X-Lesrcnn-Scale": str(scale)})
-
-    async def _process(self, request) -> tuple[bytes, int]:
-        from .model import check_scale
-
-        data, name, fields = await parse_upload(request, await read_body(request, self.max_upload))
-        if not data:
-            raise ApiError(400, "no image in the request (empty body or empty file)")
-        field = str(fields.get("scale", request.query_params.get("scale", "2"))).strip()[:20]
-        weights = fields.get("weights", request.query_params.get("weights", "default"))
-        try:
-            scale = check_scale(int(field) if field.isdigit() else field)
-            if weights not in self.sets:
-                raise ApiError(400, f"unknown weights {weights[:40]!r}; choose from {', '.join(self.sets)}")
-            check_pixels(data, self.a.max_pixels, name)
-            loop = asyncio.get_running_loop()
-            png = await loop.run_in_executor(self.pool, self.upscale_bytes, data, scale, weights, name)
-        except LesrcnnError as e:
-            raise ApiError(400, str(e)) from None
-        except (MemoryError, RuntimeError) as e:
-            raise ApiError(503, f"the server could not process this image ({type(e).__name__})") from None
-        return png, scale
 
 
 def create_app(a: argparse.Namespace):
@@ -176,7 +164,6 @@ def create_app(a: argparse.Namespace):
     warnings.simplefilter("ignore")  # Pillow's bomb warnings and image notes: the API answers instead
     service = Service(a)
     service.upscaler(2, "default")
-    app = FastAPI(title="LESRCNN", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     page = (resources.files("lesrcnn") / "web" / "index.html").read_text(encoding="utf-8")
 
     async def refusal(request, exc):
@@ -185,9 +172,8 @@ def create_app(a: argparse.Namespace):
     async def internal_error(request, exc):  # no traceback ever reaches a client
         return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
-    app.add_exception_handler(HTTPException, refusal)
-    app.add_exception_handler(ApiError, refusal)
-    app.add_exception_handler(Exception, internal_error)
+    app = FastAPI(title="LESRCNN", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
+                  exception_handlers={HTTPException: refusal, Exception: internal_error})
     app.add_route("/", lambda request: HTMLResponse(page))
     app.add_route("/v1/upscale", service.handle, methods=["POST"])  # reads the body itself (limits)
 
@@ -218,7 +204,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=4_000_000, help="largest input in pixels (413 above)")
     p.add_argument("--concurrency", type=int, default=1, help="inferences running at once")
     p.add_argument("--queue", type=int, default=32, help="requests admitted at once (503 above)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (504 above)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to answer an upload (504 above)")
     p.add_argument("--tile", type=int, default=256, help="LR tile side for inference (bounds memory)")
     p.set_defaults(func=run)
     return p
@@ -227,10 +213,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(a) -> int:
     import uvicorn  # missing: cli.main names the extra to install
 
-    for name, v in (("--concurrency", a.concurrency), ("--queue", a.queue), ("--max-pixels", a.max_pixels),
-                    ("--max-upload-mb", a.max_upload_mb), ("--timeout", a.timeout)):  # --tile: the Upscaler's
-        if v <= 0:
-            raise LesrcnnError(f"{name} must be > 0, got {v}")
+    for name in ("concurrency", "queue", "max_pixels", "max_upload_mb", "timeout"):  # --tile: the Upscaler's
+        if getattr(a, name) <= 0:
+            raise LesrcnnError(f"--{name.replace('_', '-')} must be > 0, got {getattr(a, name)}")
     try:  # a taken port or a bad host is one line here, not uvicorn's log
         socket.create_server((a.host, a.port)).close()
     except (OSError, OverflowError) as e:  # OverflowError: a port outside 0..65535

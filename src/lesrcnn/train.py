@@ -11,15 +11,14 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import get_type_hints
 
+from .cli import device_arg
 from .errors import LesrcnnError, first_line
 
 
 def _opt(default, help: str, choices=None, low: int | None = None):
     """An option: default, help, choices and lower bound (1: positive, 0: >= 0)."""
-    meta = {"help": help, "choices": choices, "low": low}
-    if isinstance(default, list):
-        return field(default_factory=list, metadata=meta)
-    return field(default=default, metadata=meta)
+    default_kw = {"default_factory": list} if default == [] else {"default": default}
+    return field(**default_kw, metadata={"help": help, "choices": choices, "low": low})
 
 
 @dataclass
@@ -44,7 +43,6 @@ class Options:
     ema: float = _opt(0.0, "exponential moving average of the weights (e.g. 0.999); 0: off")
     val: list[str] = _opt([], "validation folder (repeatable); best.safetensors keeps the best PSNR")
     val_every: int = _opt(1000, "steps between validations", low=1)
-    val_max_images: int = _opt(0, "validate on at most this many images per folder (0: all)", low=0)
     save_every: int = _opt(500, "steps between checkpoints", low=1)
     log_every: int = _opt(100, "steps between log lines (and finiteness checks)", low=1)
     device: str = _opt("auto", "auto, cpu, cuda, cuda:N or mps (torchrun: the local rank's GPU)")
@@ -52,7 +50,6 @@ class Options:
     compile: bool = _opt(False, "torch.compile the network")
     seed: int = _opt(0, "random seed (weights, patches)")
     threads: int = _opt(0, "CPU threads (0: torch's default)", low=0)
-    workers: int = _opt(0, "processes that decode the training images at start-up (0: automatic)", low=0)
     max_minutes: float = _opt(0.0, "stop and save after this wall time; cosine ends there (0: off)", low=0)
 
     def scales(self) -> tuple[int, ...]:
@@ -92,8 +89,7 @@ def _checked(key: str, v, where: str):
 
 def _checked_keys(raw: dict, where: str = "") -> dict:
     raw = {str(k).replace("-", "_"): v for k, v in raw.items()}
-    unknown = sorted(set(raw) - set(_FIELDS))
-    if unknown:
+    if unknown := sorted(set(raw) - set(_FIELDS)):
         raise LesrcnnError(f"{where or 'options'}: unknown key(s): {', '.join(unknown)}")
     return {k: _checked(k, v, where) for k, v in raw.items()}
 
@@ -131,20 +127,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                        description="Train LESRCNN. Every flag is also a config-file key (flags win).")
     p.add_argument("--config", help="TOML/YAML/JSON file with the keys below (default: none)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly (default: off)")
-    from .cli import device_arg
-
+    actions = {bool: {"action": "store_true"}, list[str]: {"action": "append", "metavar": "DIR"}}
     for f in fields(Options):
-        typ, flag = _TYPES[f.name], f"--{f.name.replace('_', '-')}"
+        typ, flag, device = _TYPES[f.name], f"--{f.name.replace('_', '-')}", f.name == "device"
         d = f.default_factory() if f.default is MISSING else f.default
         helptext = f"{f.metadata['help']} (default: {d if d not in ('', []) else 'none'})".replace("%", "%%")
-        if typ is bool:
-            p.add_argument(flag, action="store_true", default=None, help=helptext)
-        elif typ == list[str]:
-            p.add_argument(flag, action="append", metavar="DIR", help=helptext)
-        elif f.name == "device":  # -g: as the ncnn upscalers take it
-            p.add_argument(flag, "-g", type=device_arg, default=None, help=helptext)
-        else:
-            p.add_argument(flag, type=typ, choices=f.metadata["choices"], default=None, help=helptext)
+        kind = actions.get(typ) or {"type": device_arg if device else typ, "choices": f.metadata["choices"]}
+        names = (flag, "-g") if device else (flag,)  # -g: as the ncnn upscalers take it
+        p.add_argument(*names, default=None, help=helptext, **kind)
     p.set_defaults(func=main)
     return p
 

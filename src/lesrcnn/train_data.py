@@ -3,8 +3,7 @@
 The random draws (scale, image, position, flips) come from a checkpointed numpy Generator, a few
 numbers per patch: a resumed run draws what an uninterrupted one would, and every DDP rank draws
 the same global batch and gathers only its slice. A patch is one gather from a flat uint8 buffer
-of all images with the flip and rotation folded into the indices, so no pixel crosses the bus.
-"""
+of all images with the flip and rotation folded into the indices, so no pixel crosses the bus."""
 from __future__ import annotations
 
 import os
@@ -36,15 +35,12 @@ class Flat:
     def gather(self, p: torch.Tensor, side: int, stride: int = 1) -> torch.Tensor:
         """(n, side, side, 3) patches for draws ``p`` = (image, y, x, flip_h, flip_v, transpose), with
         the top-left corner at (y, x) * stride; flips and transposition as in the paper's code."""
-        n, dev = p.shape[0], self.buf.device
-        i, y, x = p[:, 0], p[:, 1] * stride, p[:, 2] * stride
-        fh, fv, rot = (p[:, k].bool().view(n, 1, 1) for k in (3, 4, 5))
-        u = torch.arange(side, device=dev)
-        r0, c0 = u.view(1, side, 1).expand(n, side, side), u.view(1, 1, side).expand(n, side, side)
-        r, c = torch.where(rot, c0, r0), torch.where(rot, r0, c0)
-        r, c = torch.where(fv, side - 1 - r, r), torch.where(fh, side - 1 - c, c)
-        w = self.width[i].view(n, 1, 1)
-        return self.buf[self.off[i].view(n, 1, 1) + (y.view(n, 1, 1) + r) * w + x.view(n, 1, 1) + c]
+        i, y, x, fh, fv, rot = p.T.reshape(6, -1, 1, 1)  # each (n, 1, 1): broadcast over the patch
+        u = torch.arange(side, device=self.buf.device)
+        r, c = u.view(1, side, 1), u.view(1, 1, side)
+        r, c = torch.where(rot.bool(), c, r), torch.where(rot.bool(), r, c)
+        r, c = torch.where(fv.bool(), side - 1 - r, r), torch.where(fh.bool(), side - 1 - c, c)
+        return self.buf[self.off[i] + (y * stride + r) * self.width[i] + x * stride + c]
 
 
 def _prepare(path: Path, scales: tuple[int, ...], need: int, bicubic: bool) -> tuple | None:
@@ -56,12 +52,12 @@ def _prepare(path: Path, scales: tuple[int, ...], need: int, bicubic: bool) -> t
 
 
 def load_images(folders: list[str], scales: tuple[int, ...], hr_side: dict[int, int], bicubic: bool,
-                workers: int = 0, log=print) -> tuple[list[np.ndarray], dict[int, list[np.ndarray]]]:
+                log=print) -> tuple[list[np.ndarray], dict[int, list[np.ndarray]]]:
     """Decode every HR image once and make its MATLAB-bicubic LR once (in parallel processes)."""
     paths = [p for f in folders for p in hr_images(f)]
     need, t0 = min(hr_side.values()), time.time()
     prepare = partial(_prepare, scales=scales, need=need, bicubic=bicubic)
-    workers = workers or min(len(paths) // 8, os.cpu_count() or 1, 16)
+    workers = min(len(paths) // 8, os.cpu_count() or 1, 16)
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
             kept = [d for d in pool.map(prepare, paths, chunksize=4) if d is not None]
@@ -103,8 +99,7 @@ class PatchSampler:
         ps = self.lr_patch[s]
         idx = rng.choice(len(self.p[s]), size=n, p=self.p[s])
         room = (self.hr.hw[idx] - ps * s + 1) if self.real else (self.hr.hw[idx] // s - ps + 1)
-        yx = rng.integers(0, room)
-        return s, np.column_stack([idx, yx, rng.integers(2, size=(n, 3))]).astype(np.int64)
+        return s, np.column_stack([idx, rng.integers(0, room), rng.integers(2, size=(n, 3))]).astype(np.int64)
 
     def batch(self, rng: np.random.Generator, n: int,
               part: slice = slice(None)) -> tuple[int, torch.Tensor, torch.Tensor]:

@@ -1,9 +1,7 @@
 """The training run: set-up, a :class:`Trainer` holding what a checkpoint holds, and :func:`loop`.
-
 ``last.state.pt`` is the one checkpoint unit (``--resume`` reads only it), written atomically, first,
 and only when the weights and the last batch's loss are finite; the loss is read back (and checked)
-every ``--log-every`` steps only, so a GPU never waits on the host in between.
-"""
+every ``--log-every`` steps only, so a GPU never waits on the host in between."""
 from __future__ import annotations
 
 import contextlib
@@ -39,6 +37,7 @@ from .metrics import psnr_y, to_uint8
 from .model import LESRCNN, init_interpolation
 from .train import Options
 from .train_data import PatchSampler, load_images
+from .upscale import pick_device
 
 
 class NonFinite(LesrcnnError):
@@ -47,8 +46,6 @@ class NonFinite(LesrcnnError):
 
 def setup_context(opts: Options, log: Callable | None) -> tuple[torch.device, int, int, Callable]:
     """Device (the package's one picker), threads, and the DDP process group under torchrun."""
-    from .upscale import pick_device
-
     rank, local = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     if opts.threads:
@@ -84,8 +81,7 @@ def build_model(opts: Options, device: torch.device) -> LESRCNN:
             have, want = ("/x".join(map(str, m.scales)) for m in (ck, model))
             raise LesrcnnError(f"--init-weights {path}: a x{have} '{ck.variant}' model cannot start a "
                                f"x{want} '{model.variant}' run")
-        own = model.state_dict()
-        model.load_state_dict({k: v for k, v in ck.model.state_dict().items() if k in own})
+        model.load_state_dict(ck.model.state_dict(), strict=False)  # ck may hold more scales' upsamplers
         model.mean.copy_(ck.model.mean)
     return model.to(device).to(memory_format=torch.channels_last)
 
@@ -110,19 +106,15 @@ ValSet = tuple[str, int, list[tuple[np.ndarray, np.ndarray]]]
 def load_val_sets(opts: Options) -> list[ValSet]:
     """Every validation pair read at start-up, so a wrong --val folder stops the run before training."""
     found = [(find_dataset(folder, s), s) for folder in opts.val for s in opts.scales()]
-    return [(f"{ds.name}_x{s}", s, [load_pair(p, s) for p in ds.pairs[: opts.val_max_images or None]])
-            for ds, s in found]
+    return [(f"{ds.name}_x{s}", s, [load_pair(p, s) for p in ds.pairs]) for ds, s in found]
 
 
 @torch.no_grad()
 def validate(model: LESRCNN, sets: list[ValSet]) -> dict[str, float]:
     """Mean PSNR (paper protocol, truncation) per folder and scale, plus their mean."""
-    out = {}
-    for name, s, pairs in sets:
-        psnrs = [psnr_y(to_uint8(super_resolve(model, lr, s).permute(1, 2, 0)), hr, s) for hr, lr in pairs]
-        out[name] = float(np.mean(psnrs))
-    out["mean"] = float(np.mean(list(out.values())))
-    return out
+    out = {name: float(np.mean([psnr_y(to_uint8(super_resolve(model, lr, s).permute(1, 2, 0)), hr, s)
+                                for hr, lr in pairs])) for name, s, pairs in sets}
+    return out | {"mean": float(np.mean(list(out.values())))}
 
 
 def lr_at(opts: Options, step: int, elapsed: float = 0.0) -> float:
@@ -174,20 +166,17 @@ class Trainer:
         self.ema = copy.deepcopy(model).requires_grad_(False) if opts.ema else None
         self.rng = np.random.default_rng(opts.seed)
         self.step, self.step_log, self.best, self.elapsed_before, self.saved_step = 0, 0, -math.inf, 0.0, None
-        net = model
-        if world > 1:
-            net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=len(opts.scales()) > 1, broadcast_buffers=False)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=len(opts.scales()) > 1, broadcast_buffers=False) if world > 1 else model
         self.fwd = torch.compile(net) if opts.compile else net
         amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.precision)
         self.autocast = partial(torch.autocast, device.type, dtype=amp, enabled=amp is not None)
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         self.loss_fn = F.mse_loss if opts.loss == "mse" else F.l1_loss
         self.part = slice(rank * opts.batch // world, (rank + 1) * opts.batch // world)
-        self.loss_sum, self.last_loss = torch.zeros((), device=device), float("nan")
-        self.batch_now: tuple | None = None
-        self.last_val, self.val_kind, self.sampler, self.metrics, self.bar = {}, None, None, None, None
+        self.loss_sum, self.last_loss, self.last_val = torch.zeros((), device=device), float("nan"), {}
+        self.batch_now = self.val_kind = self.sampler = self.metrics = self.bar = None
         self.t_start = self.t_log = time.time()
 
     def elapsed(self) -> float:
@@ -195,8 +184,7 @@ class Trainer:
 
     def train_step(self, s: int, x: torch.Tensor, y: torch.Tensor) -> None:
         """Forward, loss, backward, clip, Adam, EMA: all queued on the device, nothing read back."""
-        for g in self.opt.param_groups:
-            g["lr"] = lr_at(self.opts, self.step, self.elapsed())
+        self.opt.param_groups[0]["lr"] = lr_at(self.opts, self.step, self.elapsed())  # the one group
         with self.autocast():
             loss = self.loss_fn(self.fwd(x, s).float(), y)
         self.opt.zero_grad(set_to_none=True)
@@ -217,7 +205,7 @@ class Trainer:
         now, o, steps = time.time(), self.opts, self.step - self.step_log
         loss = (self.loss_sum / steps).item()
         if not math.isfinite(loss):
-            raise NonFinite(f"loss became {loss} by step {self.step}; stopped, {self.kept()}")
+            raise self.stopped(f"loss became {loss} by step {self.step}")
         rate = steps / max(1e-9, now - self.t_log)
         self.loss_sum.zero_()
         self.last_loss, self.t_log, self.step_log = loss, now, self.step
@@ -236,10 +224,8 @@ class Trainer:
             self.log(f"step {self.step}/{o.steps} loss {loss:.4g}{psnr} {rate:.2f} steps/s "
                      f"ETA {time.strftime('%H:%M:%S', time.gmtime(left))}")
 
-    def validate(self) -> dict | None:
+    def validate(self) -> dict:
         """PSNR of the weights and of their EMA; the better of the two becomes best.safetensors."""
-        if self.rank:
-            return None
         cands = [(k, m, validate(m, self.val_sets)) for k, m in (("raw", self.model), ("ema", self.ema)) if m]
         kind, model, val = max(cands, key=lambda c: c[2]["mean"])
         self.last_val, self.val_kind = val, kind
@@ -256,18 +242,17 @@ class Trainer:
             ok = torch.isfinite(self.loss_fn(model(x, s).float(), y))
         return bool(torch.stack([ok, *(torch.isfinite(p).all() for p in model.parameters())]).all())
 
-    def kept(self) -> str:
-        if self.saved_step is None:
-            return "no checkpoint: none was kept (lower --lr or add --warmup)"
-        return f"the last good checkpoint is {self.out / 'last.state.pt'} (step {self.saved_step})"
+    def stopped(self, why: str) -> NonFinite:
+        kept = "no checkpoint: none was kept (lower --lr or add --warmup)" if self.saved_step is None else \
+            f"the last good checkpoint is {self.out / 'last.state.pt'} (step {self.saved_step})"
+        return NonFinite(f"{why}; stopped, {kept}")
 
     def save(self) -> None:
         """The checkpoint unit first (what --resume reads), then the weights files users take."""
         if self.rank or self.saved_step == self.step:
             return
         if not self.good(self.model):
-            raise NonFinite(f"the update of step {self.step} made the weights or the loss non-finite; "
-                            f"stopped, {self.kept()}")
+            raise self.stopped(f"the update of step {self.step} made the weights or the loss non-finite")
         buf = io.BytesIO()
         torch.save({"format": 2, "step": self.step, "model": self.model.state_dict(),
                     "ema": self.ema.state_dict() if self.ema else None, "mean": self.model.mean,
@@ -281,53 +266,44 @@ class Trainer:
             self.save_weights("ema", self.ema, {"weights": "ema"})
 
     def save_weights(self, name: str, model: LESRCNN, extra: dict | None = None) -> None:
-        meta = self.provenance() | (extra or {})
-        _write(self.out / f"{name}.safetensors", lambda p: W.save(model, p, meta))
-
-    def restore(self) -> None:
-        """The run's checkpoint unit, checked: same scale and variant; a legacy pair (weights in
-        last.safetensors, state apart: lesrcnn <= 0.x) only if both record the same step."""
-        path, last = self.out / "last.state.pt", self.out / "last.safetensors"
-        try:
-            st = torch.load(path, map_location="cpu", weights_only=True)
-            step = int(st["step"])
-        except Exception as e:
-            raise LesrcnnError(f"{path}: unreadable training state ({type(e).__name__})") from None
-        old, o = st.get("config", {}), self.opts
-        if old.get("scale") != o.scale or old.get("variant") != o.variant:
-            raise LesrcnnError(f"cannot resume: {self.out} is a x{old.get('scale')} '{old.get('variant')}' "
-                               f"run, not x{o.scale} '{o.variant}'")
-        if "model" not in st:
-            ck = W.load(last) if last.exists() else None
-            last_step = ck and (ck.metadata.get("provenance") or {}).get("steps")
-            if last_step != step:
-                raise LesrcnnError(f"cannot resume: {last} is from step {last_step} but {path} from step "
-                                   f"{step} (the run was killed between the two writes)")
-            st |= {"model": ck.model.state_dict(), "mean": ck.model.mean, "ema": None}
-        self.model.load_state_dict(st["model"])
-        self.model.mean.copy_(st["mean"])
-        self.opt.load_state_dict(st["optimizer"])
-        if self.ema:
-            self.ema.load_state_dict(st["ema"] or st["model"])
-        self.rng.bit_generator.state = st["rng"]
-        torch.set_rng_state(st["torch_rng"])
-        self.step = self.saved_step = self.step_log = step
-        self.best, self.elapsed_before = st["best"], st.get("elapsed", 0.0)
-        self.log(f"resumed {self.out} at step {step}")
-        if not self.rank:  # rewritten from the state: a kill may have come between the two writes
-            self.save_weights("last", self.model)
-
-    def provenance(self) -> dict:
         o = self.opts
         hw = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else \
             f"{cpu_name()}, {torch.get_num_threads()} threads"
         recipe = ("scale", "batch", "patch", "hr_patch", "lr", "schedule", "decay", "warmup", "loss", "clip",
                   "init", "init_weights", "degradation", "ema", "variant", "precision", "seed")
         best = round(self.best, 4) if self.best > -math.inf else None
-        return {"trained_by": f"lesrcnn {__version__} `lesrcnn train`", "steps": self.step,
+        meta = {"trained_by": f"lesrcnn {__version__} `lesrcnn train`", "steps": self.step,
                 "data": [Path(d).name for d in o.data], "recipe": {k: getattr(o, k) for k in recipe},
                 "hardware": f"{hw} x{self.world}", "seconds": round(self.elapsed(), 1),
                 "torch": torch.__version__, "best_val_psnr": best}
+        _write(self.out / f"{name}.safetensors", lambda p: W.save(model, p, meta | (extra or {})))
+
+    def restore(self) -> None:
+        """The run's checkpoint unit, checked: readable (weights included), same scale and variant."""
+        path = self.out / "last.state.pt"
+        try:  # lesrcnn <= 0.x kept the weights apart, in last.safetensors: its state has no "model"
+            st = torch.load(path, map_location="cpu", weights_only=True)
+            step, weights = int(st["step"]), st["model"]
+        except Exception as e:
+            raise LesrcnnError(f"{path}: unreadable training state ({type(e).__name__}); start a new run "
+                               f"with --init-weights {self.out / 'last.safetensors'}") from None
+        old, o = st.get("config", {}), self.opts
+        if old.get("scale") != o.scale or old.get("variant") != o.variant:
+            raise LesrcnnError(f"cannot resume: {self.out} is a x{old.get('scale')} '{old.get('variant')}' "
+                               f"run, not x{o.scale} '{o.variant}'")
+        self.model.load_state_dict(weights)
+        self.model.mean.copy_(st["mean"])
+        self.opt.load_state_dict(st["optimizer"])
+        if self.ema:
+            self.ema.load_state_dict(st["ema"] or weights)
+        self.rng.bit_generator.state = st["rng"]
+        torch.set_rng_state(st["torch_rng"])
+        self.step = self.saved_step = self.step_log = step
+        self.best, self.elapsed_before = st["best"], st["elapsed"]
+        self.log(f"resumed {self.out} at step {step}")
+        if not self.rank:  # what a kill -9 may have left: temporaries (a live writer's are locked), and
+            clean_stale_temps(self.out, 0)  # a last.safetensors older than the state, rewritten from it
+            self.save_weights("last", self.model)
 
 
 def loop(t: Trainer) -> str:
@@ -344,7 +320,7 @@ def loop(t: Trainer) -> str:
                 reason = "time limit"
             elif caught:
                 reason = f"signal {caught[0]}"
-            val = t.validate() if o.val and (t.step % o.val_every == 0 or reason) else None
+            val = t.validate() if o.val and not t.rank and (t.step % o.val_every == 0 or reason) else None
             if val or reason or t.step % o.log_every == 0:
                 t.report(val)
             t.bar.update(1)
@@ -372,16 +348,13 @@ def setup(opts: Options, resume: bool, log: Callable | None) -> Trainer:
                            f"{out} already holds a run; pass --resume to continue it or choose another --out")
     t = Trainer(opts, model, device, rank, world, log, load_val_sets(opts))
     if resume:
-        if not rank:
-            clean_stale_temps(out, 0)  # left by a kill -9 mid-write (a live writer's are locked)
         t.restore()
     hrs, lrs = load_images(opts.data, opts.scales(), {s: p * s for s, p in opts.lr_patch().items()},
-                           opts.degradation == "bicubic", opts.workers, log)
+                           opts.degradation == "bicubic", log)
     t.sampler = PatchSampler(hrs, lrs, opts.lr_patch(), device)
     if not rank:
-        resolved = asdict(opts) | {"lr_patch": {str(k): v for k, v in opts.lr_patch().items()},
-                                   "world_size": world, "code_version": __version__}
-        atomic_write_text(out / "config.json", json.dumps(resolved, indent=2))
+        resolved = {"lr_patch": opts.lr_patch(), "world_size": world, "code_version": __version__}
+        atomic_write_text(out / "config.json", json.dumps(asdict(opts) | resolved, indent=2))
         metrics = out / "metrics.jsonl"
         if resume and metrics.exists():  # keep the steps up to the checkpoint; drop a line cut by a kill -9
             keep = [ln for ln in metrics.read_text().splitlines(keepends=True)
@@ -409,10 +382,10 @@ def train(opts: Options, resume: bool = False, log: Callable | None = None) -> d
             raise
     t.save()
     summary = {"step": t.step, "reason": reason, "loss": t.last_loss, "seconds": round(t.elapsed(), 1),
-               "best_val": t.best if t.best > -math.inf else None, "out": str(t.out)}
+               "best_val": t.best if t.best > -math.inf else None, "out": str(t.out),
+               "last_val": t.last_val, "last_val_weights": t.val_kind}
     if not t.rank:
-        val = {"last_val": t.last_val, "last_val_weights": t.val_kind}
-        atomic_write_text(t.out / "summary.json", json.dumps(summary | val, indent=1))
+        atomic_write_text(t.out / "summary.json", json.dumps(summary, indent=1))
     t.log(json.dumps(summary))
     if t.world > 1:
         torch.distributed.barrier()

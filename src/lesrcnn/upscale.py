@@ -1,10 +1,12 @@
 """Inference: device choice, the one tiler (bounded memory, tiled == untiled), the ``Upscaler`` API."""
 from __future__ import annotations
 
+import ctypes
 import functools
 import itertools
 import math
 import os
+import re
 import sys
 import warnings
 from dataclasses import replace
@@ -25,7 +27,6 @@ from .model import LESRCNN, check_scale
 _BYTES_PER_LR_PIXEL = {2: 6_000, 3: 12_000, 4: 20_000}
 Box = tuple[int, int, int, int]
 Progress = Callable[[int, int], None] | None  # (tiles done, tiles in all)
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
 QUANTIZE = ("truncate", "round")
 MIN_TILE = 16
 
@@ -36,12 +37,9 @@ def pick_device(spec: str | torch.device = "auto") -> torch.device:
     mps = torch.backends.mps.is_available()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+    if not re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", spec):
         raise LesrcnnError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {spec!r}")
+    dev = torch.device(spec)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise LesrcnnError(f"--device {spec}: no CUDA device is available")
     if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
@@ -54,10 +52,9 @@ def pick_device(spec: str | torch.device = "auto") -> torch.device:
 def prepare(model: LESRCNN, device: torch.device | str = "cpu",
             dtype: torch.dtype = torch.float32) -> LESRCNN:
     """Eval mode, channels-last (the fast layout for these 3x3 convolutions on CPU and GPU)."""
-    model = model.eval().to(device=device, dtype=dtype)
     if torch.device(device).type == "cpu":
         tune_cpu_allocator()
-    return model.to(memory_format=torch.channels_last)
+    return model.eval().to(device=device, dtype=dtype, memory_format=torch.channels_last)
 
 
 @functools.cache
@@ -68,8 +65,6 @@ def tune_cpu_allocator() -> bool:
     if os.environ.get("LESRCNN_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
         return False
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
         return libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
@@ -135,16 +130,13 @@ def forward_tiled(model: Callable, x: torch.Tensor, scale: int, tile: int = 0) -
     n, c, h, w = x.shape
     overlap = model.receptive_margin() + 2
     out = torch.empty((n, c, h * scale, w * scale), dtype=x.dtype, device=x.device)
-    for i in range(n):
-        img = x[i:i + 1]
-
-        def store(b: Box, t: torch.Tensor, i=i) -> None:
-            out[i, :, b[0] * scale:b[1] * scale, b[2] * scale:b[3] * scale] = t
-
+    for i in range(n):  # the callbacks run within the iteration: img and o are this image's
+        img, o = x[i:i + 1], out[i]
         tiled_apply(h, w, scale, tile, overlap, 4,
                     lambda boxes: torch.cat([img[:, :, p[0]:p[1], p[2]:p[3]] for p in boxes]).contiguous(
                         memory_format=torch.channels_last),
-                    lambda xb: model(xb, scale), store)
+                    lambda xb: model(xb, scale),
+                    lambda b, t: o[:, b[0] * scale:b[1] * scale, b[2] * scale:b[3] * scale].copy_(t))
     return out
 
 
@@ -175,26 +167,20 @@ class Upscaler:
     """Upscale images with LESRCNN: loads the model once, then ``upscale`` / ``upscale_file``.
 
     ``weights``: None (embedded), a registry name, a file of ours, an official ``.pth``, a
-    :class:`~lesrcnn.weights.Checkpoint`, or (onnx/openvino backends) an ``.onnx`` file. fp16/bf16
-    run on CUDA only (fp32 elsewhere, with a warning; a batch whose output overflows is redone in
-    fp32), int8 on the CPU. ``tile``: LR tile side (None: from free memory, 0: no tiling);
-    ``overlap`` defaults to the receptive margin + 2, so tiled == untiled. ``quantize``: "truncate"
-    (the released code's and ``lesrcnn eval``'s 8-bit conversion) or "round" (about +0.05 dB).
-    ``threads``: CPU threads of the onnx/openvino runtimes. Gray images run as R=G=B and come back
-    as BT.601 luma; NaN/Inf output is refused.
+    :class:`~lesrcnn.weights.Checkpoint`, or (onnx/openvino backends) an ``.onnx`` file; ``backend``,
+    ``precision``, ``threads``: :func:`lesrcnn.backends.create`. ``tile``: LR tile side (None: from free
+    memory, 0: no tiling); ``overlap`` defaults to the receptive margin + 2, so tiled == untiled.
+    ``quantize``: "truncate" (the released code's and ``lesrcnn eval``'s 8-bit conversion) or "round"
+    (about +0.05 dB). Gray images run as R=G=B and come back as BT.601 luma; NaN/Inf output is refused.
     """
 
     def __init__(self, scale: int = 2, weights=None, device: str = "auto", *, precision: str = "fp32",
                  tile: int | None = None, overlap: int | None = None, batch: int | None = None,
                  self_ensemble: bool = False, backend: str = "auto", quantize: str = "truncate",
                  max_pixels: int | None = None, threads: int | None = None, progress: bool = True):
-        from . import backends
+        from .backends import create
 
         self.scale = check_scale(scale)
-        if backend not in backends.BACKENDS:
-            raise LesrcnnError(f"backend must be one of {', '.join(backends.BACKENDS)}, got {backend!r}")
-        if precision not in PRECISIONS:
-            raise LesrcnnError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if quantize not in QUANTIZE:
             raise LesrcnnError(f"quantize must be truncate or round, got {quantize!r}")
         self.quantize, self.self_ensemble = quantize, bool(self_ensemble)
@@ -203,20 +189,16 @@ class Upscaler:
             str(weights).lower().endswith(".onnx") else None
         if isinstance(weights, W.Checkpoint):
             weights.require_scale(self.scale)
-            self.checkpoint: W.Checkpoint | None = weights
-        else:
-            self.checkpoint = None if onnx_file else W.load(weights, self.scale)
+        elif onnx_file is None:
+            weights = W.load(weights, self.scale)
+        self.checkpoint: W.Checkpoint | None = None if onnx_file else weights
         self.device = torch.device("cpu") if precision == "int8" and device == "auto" else pick_device(device)
-        self.precision = self._resolve_precision(precision)
-        if self.device.type == "cpu":
-            tune_cpu_allocator()
-        model = None if self.checkpoint is None else self.checkpoint.model
-        self.engine = backends.create(model, backend, self.precision, self.device, threads, (self.scale,),
-                                      onnx_file, progress)
+        self.engine = create(None if onnx_file else weights.model, backend, precision, self.device, threads,
+                             (self.scale,), onnx_file, progress)
         if self.scale not in self.engine.scales:
             raise LesrcnnError(f"{onnx_file} is a x{self.engine.scales[0]} model; "
                                f"it cannot upscale x{self.scale}")
-        self.backend, self.dtype = self.engine.name, PRECISIONS[self.precision]
+        self.backend, self.precision, self.dtype = self.engine.name, self.engine.precision, self.engine.dtype
         margin = self.engine.receptive_margin()
         self.overlap = margin + 2 if overlap is None else int(overlap)
         if self.overlap < 0:
@@ -230,28 +212,13 @@ class Upscaler:
         self.tile = int(tile)
         if self.tile < 0 or 0 < self.tile < MIN_TILE:
             raise LesrcnnError(f"tile must be 0 (no tiling) or at least {MIN_TILE} LR pixels, got {tile}")
-        self.batch = self._auto_batch() if batch is None else max(1, int(batch))
-
-    def _resolve_precision(self, precision: str) -> str:
-        """int8 off the CPU is refused by :func:`lesrcnn.backends.create`."""
-        if precision in ("fp32", "int8") or self.device.type == "cuda":
-            if precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-                warnings.warn("this GPU has no bf16; using fp16", ImageWarning, stacklevel=3)
-                return "fp16"
-            return precision
-        warnings.warn(f"--precision {precision} is a CUDA path; running fp32 on {self.device.type}",
-                      ImageWarning, stacklevel=3)
-        return "fp32"
-
-    def _auto_batch(self) -> int:
-        """Tiles per forward pass. GPU: as many as fit the memory budget (1..8). CPU: batching buys
-        nothing once a tile fills the cores, so only small tiles are grouped, up to about one
-        256x256 tile's worth (memory then stays what --tile asked for)."""
-        if self.tile <= 0:
-            return 1
-        side = self.tile + 2 * self.overlap
-        budget = 256 * 256 if self.device.type == "cpu" else _tile_pixels(self.scale, self.device, self.dtype)
-        return int(max(1, min(8, budget // (side * side))))
+        if batch is None and self.tile > 0:  # tiles per pass. GPU: as many as fit the memory budget (1..8).
+            # CPU: batching buys nothing once a tile fills the cores, so only small tiles are grouped, up
+            # to about one 256x256 tile's worth (memory then stays what --tile asked for).
+            side = self.tile + 2 * self.overlap
+            budget = _tile_pixels(self.scale, self.device, self.dtype) if self.device.type != "cpu" else 256**2
+            batch = min(8, budget // (side * side))
+        self.batch = max(1, int(batch or 1))
 
     def __repr__(self) -> str:
         src = self.checkpoint.source if self.checkpoint is not None else "onnx"
@@ -395,7 +362,4 @@ def resize_alpha(alpha: np.ndarray, scale: int, out_dtype) -> np.ndarray:
     if alpha.dtype == np.uint8 and np.dtype(out_dtype) == np.uint8:  # mode L: 1 byte a pixel all the way
         return np.asarray(Image.fromarray(np.ascontiguousarray(alpha)).resize(size, Image.Resampling.BICUBIC))
     a = Image.fromarray(np.ascontiguousarray(alpha, dtype=np.float32) / np.float32(max_value(alpha.dtype)))
-    r = np.clip(np.asarray(a.resize(size, Image.Resampling.BICUBIC)), 0.0, 1.0)
-    if np.dtype(out_dtype).kind == "f":
-        return r.astype(np.float32)
-    return np.floor(r * np.float32(max_value(out_dtype)) + np.float32(0.5)).astype(out_dtype)
+    return _quantizer(out_dtype, "round")(np.asarray(a.resize(size, Image.Resampling.BICUBIC)))

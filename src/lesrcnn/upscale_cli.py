@@ -125,8 +125,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
 class Job:
     src: Path | None  # None: stdin
     dst: Path | None  # None: stdout
-    fmt: str | None  # Pillow format name; None: the input's (known once read)
+    fmt: str | None  # Pillow format name; None: the input's (known once read), or a video
     label: str
+    video: bool = False
+
+
+class PartlyWritten(LesrcnnError):
+    """A damaged video, written as far as it decodes: a failure (exit 1), never the command's (exit 2)."""
 
 
 def _files_under(root: Path, exclude: Path | None = None, max_depth: int | None = None) -> list[Path]:
@@ -169,8 +174,7 @@ def _glob_match(parts: tuple[str, ...], names: tuple[str, ...]) -> bool:
 def input_files(spec: str, pattern: str | None = None,
                 exclude: Path | None = None) -> tuple[Path, list[Path]]:
     """(base, every non-hidden file) of a folder or quoted glob INPUT; ``pattern`` filters a folder's
-    files by name or relative path. The one walker for every kind of input (images, and videos in
-    :mod:`lesrcnn.video`); unlike glob.glob it ends on symbolic-link loops."""
+    files by name or relative path. Unlike glob.glob it ends on symbolic-link loops."""
     p = Path(spec)
     if p.is_dir():
         return p, [f for f in _files_under(p, exclude) if not pattern or fnmatch.fnmatch(f.name, pattern) or
@@ -181,15 +185,21 @@ def input_files(spec: str, pattern: str | None = None,
     return base, [f for f in files if _glob_match(parts, f.relative_to(base).parts)]
 
 
-def _sources(inputs: list[str], pattern: str | None, exclude: Path | None) -> list[tuple[Path, Path, bool]]:
-    """(file, path relative to its input root, was named explicitly) for every INPUT."""
+def _sources(inputs: list[str], pattern: str | None,
+             exclude: Path | None) -> list[tuple[Path, Path, bool, bool]]:
+    """(file, path relative to its input root, was named explicitly, is a video) for every INPUT.
+    Videos go by extension (.ts, TypeScript too, and explicit files of other extensions by content)."""
     from .io import READ_EXTS
+    from .video import VIDEO_EXTS, have_pyav, is_video, probe_kind
 
-    out: list[tuple[Path, Path, bool]] = []
+    out: list[tuple[Path, Path, bool, bool]] = []
     for spec in inputs:
         p = Path(spec)
         if p.is_file():
-            out.append((p, Path(p.name), True))
+            ext = p.suffix.lower()
+            video = ext not in READ_EXTS and (ext in VIDEO_EXTS or  # else by content (other media too)
+                                              (have_pyav() and probe_kind(p) is not None))
+            out.append((p, Path(p.name), True, video))
             continue
         if not p.is_dir() and not glob.has_magic(spec):
             try:
@@ -199,13 +209,19 @@ def _sources(inputs: list[str], pattern: str | None, exclude: Path | None) -> li
                 why = (e.strerror or "cannot be read") if os.path.lexists(p) else "no such file or folder"
             raise LesrcnnError(f"{p}: {why}")
         base, files = input_files(spec, pattern, exclude)  # the pattern filters folders only
-        files = [f for f in files if f.suffix.lower() in READ_EXTS]
+        videos = [f for f in files if f.suffix.lower() in VIDEO_EXTS]
+        if videos and not have_pyav():
+            _write(f"lesrcnn: warning: {spec}: {len(videos)} video(s) skipped; "
+                   f"`pip install lesrcnn[video]` to upscale them")
+            videos = []
+        videos = {f for f in videos if f.suffix.lower() != ".ts" or is_video(f)}
+        files = [f for f in files if f.suffix.lower() in READ_EXTS or f in videos]
         if not files and p.is_dir():
             raise LesrcnnError(f"no images found in {p}" + (f" matching {pattern!r}" if pattern else ""))
         if not files:
             raise LesrcnnError(f"no images match {spec}")
         root = Path(Path(os.path.realpath(p)).name) if p.is_dir() and len(inputs) > 1 else Path()
-        out += [(f, root / f.relative_to(base), False) for f in files]
+        out += [(f, root / f.relative_to(base), False, f in videos) for f in files]
     return out
 
 
@@ -223,6 +239,7 @@ def _file_keys(p: Path | None) -> set:
 
 def plan(a) -> list[Job]:
     from .io import EXTENSION, FORMATS, format_for_path, writable_format
+    from .video import MUXERS
 
     fmt = None if a.format in ("same", "auto") else FORMATS[a.format]
     outp = None
@@ -234,16 +251,22 @@ def plan(a) -> list[Job]:
         if outp is not None and (format_for_path(outp) is None or Path(a.output).is_dir()):
             raise LesrcnnError("with - (stdin) as INPUT, -o must be an image file name (.png, .jpg, .webp, "
                                ".tif, .bmp) or - (stdout)")
-        sources, label = [(None, None, True)], "<stdin>"
+        sources, label = [(None, None, True, False)], "<stdin>"
     else:
         sources = _sources(a.inputs, a.glob, outp if outp is not None and outp.is_dir() else None)
         label = str(sources[0][0])
-    src, single = sources[0][0], len(sources) == 1 and sources[0][2]
+    src, single, video = sources[0][0], len(sources) == 1 and sources[0][2], sources[0][3]
+    if outp is None and any(s[3] for s in sources):
+        raise LesrcnnError("videos cannot be written to - (stdout); give -o a file or folder name")
     if outp is None and not single:
         raise LesrcnnError("-o - (stdout) takes exactly one input image")
     if outp is None:
         fmt = fmt or (None if src is None else writable_format(format_for_path(src)))
         return [Job(src, None, fmt, label)]
+    if single and video and not outp.is_dir() and outp.suffix:
+        if outp.suffix.lower() not in MUXERS:
+            raise LesrcnnError(f"{outp}: not a video file name; use .mp4, .mkv, .mov, .webm or .avi")
+        return [Job(src, outp, None, label, video=True)]
     if outp.suffix.lower() in _NOT_WRITABLE and not outp.is_dir():
         raise LesrcnnError(f"{outp}: cannot write {outp.suffix} files; name a .png, .jpg, .webp, .tif or "
                            f".bmp file, or a folder")
@@ -257,10 +280,13 @@ def plan(a) -> list[Job]:
         raise LesrcnnError(f"{outp} is a file; with {'several inputs' if not single else 'this output name'} "
                            f"-o must be a folder (or a file name ending in .png/.jpg/.webp/.tif/.bmp)")
     jobs = []
-    for src, rel, _ in sources:
-        f = fmt or writable_format(format_for_path(src))
-        ext = src.suffix if format_for_path(src) == f else EXTENSION[f]  # keep .jpeg/.tiff spellings
-        jobs.append(Job(src, outp / rel.with_name(f"{rel.stem}{a.suffix}{ext}"), f, str(src)))
+    for src, rel, _, video in sources:
+        if video:
+            f, ext = None, (src.suffix if src.suffix.lower() in MUXERS else ".mkv")  # keep the container
+        else:
+            f = fmt or writable_format(format_for_path(src))
+            ext = src.suffix if format_for_path(src) == f else EXTENSION[f]  # keep .jpeg/.tiff spellings
+        jobs.append(Job(src, outp / rel.with_name(f"{rel.stem}{a.suffix}{ext}"), f, str(src), video))
     return jobs
 
 
@@ -284,7 +310,7 @@ def check_jobs(jobs: list[Job], overwrite: bool, skip_existing: bool) -> tuple[l
         if j.dst is None or (other is None and not os.path.lexists(j.dst)):  # plan() normalised new/../x
             run.append(j)
         elif os.path.isdir(j.dst):
-            raise LesrcnnError(f"{j.dst} is a folder; cannot write an image there")
+            raise LesrcnnError(f"{j.dst} is a folder; cannot write a file there")
         elif skip_existing and other is None:
             skipped += 1
         elif overwrite:
@@ -312,9 +338,37 @@ def _print_warning(message, category, filename, lineno, file=None, line=None) ->
     _write(f"lesrcnn: warning: {message}")
 
 
-@contextlib.contextmanager
-def cli_upscaler(a):
-    """The Upscaler of parsed ``upscale`` arguments (images and videos), its warnings one line each."""
+def cmd_upscale(a) -> int:
+    a.inputs = [*a.inputs, *(a.more_inputs or [])]
+    if not a.inputs:
+        raise LesrcnnError("no INPUT given (a file, folder, quoted glob, or - for stdin)")
+    if a.quality is not None and not 1 <= a.quality <= 100:
+        raise LesrcnnError(f"--quality must be 1..100, got {a.quality}")
+    if a.overwrite and a.skip_existing:
+        raise LesrcnnError("--overwrite and --skip-existing exclude each other")
+    if a.ray and not a.overwrite:
+        a.skip_existing = True  # --ray resumes: what exists is done
+    jobs = plan(a)
+    single = len(jobs) == 1  # one file: its failure is the command's error (exit 2)
+    jobs, skipped = check_jobs(jobs, a.overwrite, a.skip_existing)
+    if not jobs and not a.quiet:
+        print(f"lesrcnn: nothing to do ({skipped} output(s) exist already)", file=sys.stderr)
+    failed = 0
+    if a.ray and any(not j.video for j in jobs):
+        from .ray import run_cli_jobs
+
+        written, lost, failed = run_cli_jobs([j for j in jobs if not j.video], a)
+        if not a.quiet:
+            print(f"lesrcnn: {written} image{'s' if written != 1 else ''} x{a.scale} on Ray, "
+                  f"{skipped + lost} skipped (exist), {failed} failed", file=sys.stderr)
+        jobs, skipped = [j for j in jobs if j.video], 0  # videos run here
+    if jobs:
+        failed += _run_here(jobs, a, single, skipped)
+    return 1 if failed else 0
+
+
+def _run_here(jobs: list[Job], a, single: bool, skipped: int) -> int:
+    """Run ``jobs`` in this process, warnings one line each; the number that failed."""
     import torch
 
     from .upscale import Upscaler
@@ -325,53 +379,19 @@ def cli_upscaler(a):
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = _print_warning
-        yield Upscaler(a.scale, a.weights, a.device, precision=a.precision, tile=a.tile,
-                       overlap=a.tile_overlap, batch=a.batch, self_ensemble=a.self_ensemble, backend=a.backend,
-                       quantize=a.quantize, max_pixels=a.max_pixels, threads=a.threads)
-
-
-def cmd_upscale(a) -> int:
-    from .video import run_video_jobs, split_video_inputs
-
-    a.inputs = [*a.inputs, *(a.more_inputs or [])]
-    if not a.inputs:
-        raise LesrcnnError("no INPUT given (a file, folder, quoted glob, or - for stdin)")
-    if a.quality is not None and not 1 <= a.quality <= 100:
-        raise LesrcnnError(f"--quality must be 1..100, got {a.quality}")
-    if a.overwrite and a.skip_existing:
-        raise LesrcnnError("--overwrite and --skip-existing exclude each other")
-    videos = split_video_inputs(a)  # videos, found by content, go to video.py; images stay in a.inputs
-    video_rc = run_video_jobs(videos, a) if videos else 0
-    if videos and not a.inputs:
-        return video_rc
-    if a.ray and not a.overwrite:
-        a.skip_existing = True  # --ray resumes: what exists is done
-    jobs = plan(a)
-    single = len(jobs) == 1  # one image: its failure is the command's error (exit 2)
-    jobs, skipped = check_jobs(jobs, a.overwrite, a.skip_existing)
-    if not jobs:
-        if not a.quiet:
-            print(f"lesrcnn: nothing to do ({skipped} output(s) exist already)", file=sys.stderr)
-        return video_rc
-    if a.ray:
-        from .ray import run_cli_jobs
-
-        written, lost, failed = run_cli_jobs(jobs, a)
-        if not a.quiet:
-            print(f"lesrcnn: {written} image{'s' if written != 1 else ''} x{a.scale} on Ray, "
-                  f"{skipped + lost} skipped (exist), {failed} failed", file=sys.stderr)
-        return 1 if failed else video_rc
-    with cli_upscaler(a) as up:
+        up = Upscaler(a.scale, a.weights, a.device, precision=a.precision, tile=a.tile,
+                      overlap=a.tile_overlap, batch=a.batch, self_ensemble=a.self_ensemble, backend=a.backend,
+                      quantize=a.quantize, max_pixels=a.max_pixels, threads=a.threads)
         _prepare_folders(jobs)
         t0 = time.perf_counter()
         done, failed, lost, mp_in, mp_out = _run_jobs(up, jobs, a, single)
         dt = time.perf_counter() - t0
-    if not a.quiet:
+    if not a.quiet and any(not j.video for j in jobs):  # each video has said how it went
         mp_in, mp_out = (f"{v:.2f}" if v >= 10 else f"{v:.3g}" for v in (mp_in, mp_out))
         skips = f"{skipped + lost} skipped (exist), " if skipped + lost else ""
         print(f"lesrcnn: {done} image{'s' if done != 1 else ''} x{a.scale}, {mp_in} MP -> {mp_out} MP, "
               f"{dt:.1f} s, {skips}{failed} failed", file=sys.stderr)
-    return 1 if failed or video_rc else 0
+    return failed
 
 
 def _prepare_folders(jobs: list[Job]) -> None:
@@ -387,15 +407,21 @@ def _prepare_folders(jobs: list[Job]) -> None:
 
 
 def _run_jobs(up, jobs: list[Job], a, single: bool) -> tuple[int, int, int, float, float]:
-    """(written, failed, skipped because another run wrote them meanwhile, input MP, output MP)."""
+    """(images written, failed, skipped because another run wrote them meanwhile, input MP, output MP)."""
     from tqdm import tqdm
 
     done = failed = lost = 0
     mp_in = mp_out = 0.0
-    for job in tqdm(jobs, desc="upscale", unit="img", file=sys.stderr, dynamic_ncols=True,
+    for job in tqdm(jobs, desc="upscale", unit="file", file=sys.stderr, dynamic_ncols=True,
                     disable=True if a.quiet or single else None):
+        partly = False
         try:
-            mp = _run_one(up, job, a, single)
+            if job.video:
+                _run_video(up, job, a)
+            else:
+                mp = _run_one(up, job, a, single)
+                done, mp_in, mp_out = done + 1, mp_in + mp[0], mp_out + mp[1]
+            continue
         except FileExistsError:
             if a.skip_existing:
                 lost += 1
@@ -404,15 +430,26 @@ def _run_jobs(up, jobs: list[Job], a, single: bool) -> tuple[int, int, int, floa
         except BrokenPipeError:
             raise  # stdout closed: cli.main says so once
         except (LesrcnnError, OSError, MemoryError, RuntimeError) as e:
-            message = _describe(e, job)
-        else:
-            done, mp_in, mp_out = done + 1, mp_in + mp[0], mp_out + mp[1]
-            continue
-        if single:
+            message, partly = _describe(e, job), isinstance(e, PartlyWritten)
+        if single and not partly:
             raise LesrcnnError(message) from None
         _write(f"lesrcnn: error: {message}")
         failed += 1
     return done, failed, lost, mp_in, mp_out
+
+
+def _run_video(up, job: Job, a) -> None:
+    """A damaged video is written as far as it decodes, then raises PartlyWritten."""
+    from .video import upscale_video
+
+    r = upscale_video(up, job.src, job.dst, codec=a.codec, crf=a.crf, preset=a.preset, pix_fmt=a.pix_fmt,
+                      resume=a.resume, overwrite=a.overwrite, segment_seconds=a.segment_seconds,
+                      progress=not a.quiet)
+    if not a.quiet:
+        _write(r.summary())
+    if r.problems:
+        raise PartlyWritten(f"{job.src}: {'; '.join(r.problems)}; {job.dst.name} holds the {r.frames} frames "
+                            f"that decoded")
 
 
 def _run_one(up, job: Job, a, single: bool) -> tuple[float, float]:

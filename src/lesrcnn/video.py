@@ -6,7 +6,6 @@ of the segments and of the input's audio/subtitle packets, byte for byte."""
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import heapq
 import importlib.util
@@ -461,8 +460,9 @@ def _encode(src: Source, enc: Encoding, work: Work, items: Iterator) -> None:
                     durations[frame.pts] = frame.duration
                 for p in s.encode(frame):
                     p.duration = p.duration or durations.get(p.pts, 0)
-                    if None not in (p.pts, p.dts) and not 0 <= p.pts - p.dts < 1 << 31:  # libx265 leaves it unset
-                        p.dts = p.pts  # when a segment is shorter than its B-frame delay (no reordering)
+                    # libx265 leaves DTS unset where a segment is shorter than its B-frame delay
+                    if None not in (p.pts, p.dts) and not 0 <= p.pts - p.dts < 1 << 31:
+                        p.dts = p.pts
                     oc.mux(p)
         work.done[n] = len(durations)
         work.save()
@@ -703,82 +703,3 @@ def add_video_arguments(p) -> None:
                    "there is none or its options differ (re-running the same command resumes too)")
     g.add_argument("--segment-seconds", type=float, default=10.0, metavar="S", help="videos are encoded in "
                    "independent segments of about S seconds: the most work an interruption loses")
-
-
-def split_video_inputs(a) -> list[tuple[Path, Path]]:
-    """The videos among ``a.inputs`` with their outputs; inputs left holding no image leave ``a.inputs``."""
-    from .io import READ_EXTS
-    from .upscale_cli import input_files  # one walker: each real folder once (symlink loops end)
-
-    if "-" in a.inputs:
-        return []
-    outp = None if a.output == "-" else Path(a.output)
-    found: list[tuple[Path, Path]] = []
-    keep, explicit = [], False
-    for spec in a.inputs:
-        p = Path(spec)
-        if p.is_file():
-            ext = p.suffix.lower()
-            if ext not in READ_EXTS and (ext in VIDEO_EXTS or (have_pyav() and probe_kind(p))):
-                found.append((p, Path(p.name)))
-                explicit = True
-                continue
-        elif p.is_dir() or glob.has_magic(spec):  # by extension (then content for .ts), as images are found
-            base, files = input_files(spec, a.glob, outp if outp is not None and outp.is_dir() else None)
-            videos = [f for f in files if f.suffix.lower() in VIDEO_EXTS]
-            if videos and not have_pyav():
-                _note(f"warning: {spec}: {len(videos)} video(s) skipped; "
-                      f"`pip install lesrcnn[video]` to upscale them")
-                videos = []
-            videos = [f for f in videos if f.suffix.lower() != ".ts" or is_video(f)]  # .ts is TypeScript too
-            root = Path(p.resolve().name) if p.is_dir() and len(a.inputs) > 1 else Path()
-            found += [(f, root / f.relative_to(base)) for f in videos]
-            if videos and not any(f.suffix.lower() in READ_EXTS for f in files):
-                continue
-        keep.append(spec)
-    a.inputs = keep
-    if not found:
-        return []
-    if outp is None:
-        raise LesrcnnError("videos cannot be written to - (stdout); give -o a file or folder name")
-    if explicit and len(found) == 1 and not keep and not outp.is_dir() and outp.suffix:
-        if outp.suffix.lower() not in MUXERS:
-            raise LesrcnnError(f"{outp}: not a video file name; use .mp4, .mkv, .mov, .webm or .avi")
-        return [(found[0][0], outp)]
-    if outp.exists() and not outp.is_dir():
-        raise LesrcnnError(f"{outp} is a file; with several inputs -o must be a folder")
-    ext = {src: src.suffix if src.suffix.lower() in MUXERS else ".mkv" for src, _ in found}
-    return [(src, outp / rel.with_name(f"{rel.stem}{a.suffix}{ext[src]}")) for src, rel in found]
-
-
-def run_video_jobs(jobs: list[tuple[Path, Path]], a) -> int:
-    """Upscale each video; 0 all written, 1 some failed or were damaged (each said on one line).
-    A single video's failure is raised (exit 2)."""
-    from .upscale_cli import cli_upscaler
-
-    single = len(jobs) == 1 and not a.inputs
-    todo = [(src, dst) for src, dst in jobs if not (dst.exists() and a.skip_existing)]
-    for src, dst in todo:
-        if dst.exists() and not a.overwrite:
-            raise LesrcnnError(f"{dst} exists; pass --overwrite to replace, or --skip-existing")
-    failed = 0
-    with cli_upscaler(a) as up:
-        for src, dst in todo:
-            try:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                r = upscale_video(up, src, dst, codec=a.codec, crf=a.crf, preset=a.preset, pix_fmt=a.pix_fmt,
-                                  resume=a.resume, overwrite=a.overwrite, segment_seconds=a.segment_seconds,
-                                  progress=not a.quiet)
-            except (LesrcnnError, OSError, RuntimeError, MemoryError) as e:
-                if single:
-                    raise
-                failed += 1
-                _note(f"error: {e if isinstance(e, LesrcnnError) else f'{src}: {first_line(e)}'}")
-                continue
-            if not a.quiet:
-                _note(r.summary()[len("lesrcnn: "):])
-            if r.problems:
-                failed += 1
-                _note(f"error: {src}: {'; '.join(r.problems)}; "
-                      f"{dst.name} holds the {r.frames} frames that decoded")
-    return 1 if failed else 0

@@ -136,12 +136,13 @@ def check_tensors(sd: dict[str, torch.Tensor], source: object) -> None:
             raise LesrcnnError(f"{source}: tensor {k} holds NaN or Inf values")
 
 
-def _build(sd: dict[str, torch.Tensor], path: Path, mean: tuple[float, ...], **kw) -> LESRCNN:
-    """The network holding ``sd``, refused if the mean, a tensor, the keys or the shapes are bad."""
+def _build(sd: dict[str, torch.Tensor], path: Path, mean: tuple[float, ...], scales: tuple[int, ...],
+           variant: str, meta: dict) -> Checkpoint:
+    """The network holding ``sd`` as a Checkpoint; refused if the mean, a tensor, keys or shapes are bad."""
     if len(mean) != 3 or not all(math.isfinite(m) and -1.0 <= m <= 2.0 for m in mean):
         raise LesrcnnError(f"{path}: invalid channel mean {mean} (three finite values expected)")
     check_tensors(sd, path)
-    model = LESRCNN(mean=mean, **kw)  # type: ignore[arg-type]
+    model = LESRCNN(scales, variant, mean=mean)  # type: ignore[arg-type]
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if missing or unexpected:
@@ -153,7 +154,7 @@ def _build(sd: dict[str, torch.Tensor], path: Path, mean: tuple[float, ...], **k
             need = tuple(own[k].shape)
             raise LesrcnnError(f"{path}: {k} has shape {tuple(v.shape)}, the network needs {need}")
     model.load_state_dict({k: v.float() for k, v in sd.items()})
-    return model.eval()
+    return Checkpoint(model.eval(), scales, variant, mean, str(path), meta)  # type: ignore[arg-type]
 
 
 def save(model: LESRCNN, path: str | os.PathLike, provenance: dict | None = None) -> Path:
@@ -200,23 +201,22 @@ def _load_ours(path: Path) -> Checkpoint:
             raise ValueError
     except (KeyError, ValueError, AttributeError):
         raise LesrcnnError(f"{path}: invalid lesrcnn metadata") from None
-    model = _build(sd, path, mean, scales=scales, variant=variant)
     with contextlib.suppress(KeyError, json.JSONDecodeError):
         meta["provenance"] = json.loads(meta["provenance"])
-    return Checkpoint(model, scales, variant, mean, str(path), meta)  # type: ignore[arg-type]
+    return _build(sd, path, mean, scales, variant, meta)
 
 
 def _load_official(path: Path) -> Checkpoint:
     sd = _read_pth(path)
     if "head.weight" in sd:  # a plain state dict of our own network (e.g. a training checkpoint)
-        raise LesrcnnError(f"{path}: a raw state dict; convert training checkpoints with `lesrcnn convert`")
+        raise LesrcnnError(f"{path}: a bare state dict of this network (no scale or variant recorded); "
+                           f"write it with lesrcnn.weights.save(model, 'x.safetensors')")
     check_tensors(sd, path)  # all of them, the mean shift's too, before any is read
     try:
         ours, s, mean = official_to_ours(sd)
     except (IndexError, TypeError, ValueError, KeyError) as e:
         raise LesrcnnError(f"{path}: not an LESRCNN checkpoint ({_reason(e)})") from None
-    model = _build(ours, path, mean, scales=(s,))
-    return Checkpoint(model, (s,), "full", mean, str(path), {"format": "official-pth", "scales": str(s)})
+    return _build(ours, path, mean, (s,), "full", {"format": "official-pth", "scales": str(s)})
 
 
 def load(spec: str | os.PathLike | None = None, *scales: int) -> Checkpoint:

@@ -26,7 +26,10 @@ def run_info(a) -> int:
     from . import weights as W
 
     if a.backends:
-        print(json.dumps(backends_info(), indent=2) if a.json else "\n".join(backends_lines(backends_info())))
+        d = backends_info()
+        rows = {f"backend {n}": st for n, st in d["installed"].items()}
+        rows |= {f"auto {p} (cpu)": f"{v['picks'] or 'nothing'}: {v['rule']}" for p, v in d["auto"].items()}
+        print(json.dumps(d, indent=2) if a.json else "\n".join(_block(rows)))
         return 0
 
     from .complexity import complexity_report, format_complexity
@@ -35,12 +38,8 @@ def run_info(a) -> int:
     d = W.describe(ck)
     if a.flops:
         d["complexity"] = complexity_report(ck.model, a.size)
-    if a.json:
-        print(json.dumps(d, indent=2))
-        return 0
-    print("\n".join(summary_lines(d)))
-    if a.flops:
-        print(format_complexity(d["complexity"]))
+    lines = summary_lines(d) + ([format_complexity(d["complexity"])] if a.flops else [])
+    print(json.dumps(d, indent=2) if a.json else "\n".join(lines))
     return 0
 
 
@@ -56,17 +55,9 @@ def backends_info() -> dict:
     return {"installed": {n: installed(n) or "installed" for n in BACKENDS if n != "auto"}, "auto": auto}
 
 
-def backends_lines(d: dict) -> list[str]:
-    rows = [(f"backend {n}", st) for n, st in d["installed"].items()]
-    rows += [(f"auto {p} (cpu)", f"{v['picks'] or 'nothing'}: {v['rule']}") for p, v in d["auto"].items()]
-    width = max(len(k) for k, _ in rows) + 2
-    return [f"{k:<{width}}{v}" for k, v in rows]
-
-
 def summary_lines(d: dict) -> list[str]:
-    """``weights.describe`` as aligned ``key  value`` lines; nested provenance indented, and a dict
-    of like records (the measured results) as a table."""
-    meta = dict(d["metadata"])
+    """``weights.describe`` as aligned ``key  value`` lines, the provenance last."""
+    meta = {k: v for k, v in d["metadata"].items() if k != "parameters"}
     prov = meta.pop("provenance", None)
     head = {
         "file": d["source"],
@@ -75,42 +66,29 @@ def summary_lines(d: dict) -> list[str]:
         "parameters": f"{d['parameters']:,} (mean shift excluded)",
         "mean": ", ".join(f"{m:.4f}" for m in d["mean"]),
     }
-    meta.pop("parameters", None)
-    lines = _block(head | meta, 0)
-    if isinstance(prov, dict) and prov:
-        lines += ["provenance"] + _block(prov, 2)
-    elif prov:
-        lines += _block({"provenance": prov}, 0)
-    return lines
+    return _block(head | meta | ({"provenance": prov} if prov else {}))
 
 
 def _scalar(v) -> str:
     if isinstance(v, float):
         return f"{v:g}"
-    if isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v):
+    if isinstance(v, list) and not any(isinstance(x, (dict, list)) for x in v):
         return ", ".join(map(_scalar, v))
-    if isinstance(v, (dict, list)):
-        return json.dumps(v, sort_keys=True)
-    return str(v)
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
 
 
-def _is_table(v) -> bool:
-    rows = list(v.values()) if isinstance(v, dict) else []
-    return len(rows) > 1 and all(isinstance(r, dict) and r and set(r) == set(rows[0]) and
-                                 not any(isinstance(x, (dict, list)) for x in r.values()) for r in rows)
-
-
-def _block(d: dict, indent: int) -> list[str]:
-    pad = " " * indent
+def _block(d: dict, indent: int = 0) -> list[str]:
+    """Aligned ``key  value`` lines; a nested dict indented below its key, and a dict of like flat
+    records (the measured results) as a table."""
+    pad, out = " " * indent, []
     width = max((len(str(k)) for k in d), default=0) + 2
-    out = []
     for k, v in d.items():
-        if _is_table(v):
-            out.append(f"{pad}{k}")
-            out += _table(v, indent + 2)
+        rows = list(v.values()) if isinstance(v, dict) else []
+        if len(rows) > 1 and all(isinstance(r, dict) and r and set(r) == set(rows[0]) and
+                                 not any(isinstance(x, (dict, list)) for x in r.values()) for r in rows):
+            out += [f"{pad}{k}"] + _table(v, indent + 2)
         elif isinstance(v, dict) and v:
-            out.append(f"{pad}{k}")
-            out += _block(v, indent + 2)
+            out += [f"{pad}{k}"] + _block(v, indent + 2)
         else:
             out.append(f"{pad}{str(k):<{width}}{_scalar(v)}")
     return out

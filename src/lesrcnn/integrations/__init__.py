@@ -9,8 +9,6 @@ def single_scale(model, scale: int):
     from ..model import LESRCNN, check_scale
 
     scale = check_scale(scale, model.scales)
-    if model.scales == (scale,):
-        return model
     one = LESRCNN(scales=(scale,), variant=model.variant, mean=tuple(model.mean.flatten().tolist()),
                   features=model.features)
     one.load_state_dict({k: v for k, v in model.state_dict().items()

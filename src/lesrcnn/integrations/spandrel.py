@@ -28,27 +28,23 @@ def to_ours(sd: dict) -> tuple[dict, tuple[int, ...], str, tuple[float, float, f
         sd, _, mean = official_to_ours(sd)
         sd.update({f"upsample.x{m[1]}.{m[2]}.{m[3]}": v for m, v in ups.items()})
     scales = tuple(sorted(int(m[1]) for k in sd if (m := re.fullmatch(r"upsample\.x(\d)\.0\.weight", k))))
-    if "irb.0.weight" in sd:
-        variant = "full"
-    elif sd["body1.0.weight"].shape[-1] == 3:
-        variant = "sn"
-    else:
+    if "irb.0.weight" not in sd and sd["body1.0.weight"].shape[-1] != 3:  # neither full nor SN
         raise LesrcnnError("an LESRCNN ablation variant (IEEB, IEEB+RB or HN: the same keys, different "
                            "wiring); load it with lesrcnn.integrations.spandrel.load(path), which reads "
                            "the variant from the file's metadata")
-    return dict(sd), scales, variant, mean
+    return dict(sd), scales, "full" if "irb.0.weight" in sd else "sn", mean
 
 
-def descriptor(model: LESRCNN, architecture, scales: tuple[int, ...], variant: str = "full"):
-    """A spandrel ImageModelDescriptor for a single-scale LESRCNN cut from a file of ``scales``."""
+def descriptor(model: LESRCNN, scale: int, architecture):
+    """A spandrel ImageModelDescriptor of the x``scale`` network of a (multi-scale) LESRCNN."""
     from spandrel import ImageModelDescriptor, ModelTiling, SizeRequirements
 
-    (scale,) = model.scales
-    tags = [f"{model.features}nf"] + ([variant] if variant != "full" else [])
-    if len(scales) > 1:
-        tags.append(f"LESRCNN-S x{'/x'.join(map(str, scales))} (x{scale} loaded)")
+    one = single_scale(model, scale).eval()
+    tags = [f"{model.features}nf"] + ([model.variant] if model.variant != "full" else [])
+    if len(model.scales) > 1:
+        tags.append(f"LESRCNN-S x{'/x'.join(map(str, model.scales))} (x{scale} loaded)")
     return ImageModelDescriptor(
-        model, model.state_dict(), architecture=architecture, purpose="SR", tags=tags,
+        one, one.state_dict(), architecture=architecture, purpose="SR", tags=tags,
         supports_half=True, supports_bfloat16=True,  # plain convolutions; tested against fp32
         scale=scale, input_channels=3, output_channels=3,
         size_requirements=SizeRequirements(),  # fully convolutional: any size from 1x1 up
@@ -74,8 +70,7 @@ def architecture(multi_scale: int = 2):
                 model.load_state_dict(sd)
             except (LesrcnnError, RuntimeError, KeyError) as e:
                 raise UnsupportedModelError(f"LESRCNN: {first_line(e)}") from None
-            scale = multi_scale if multi_scale in scales else scales[0]
-            return descriptor(single_scale(model, scale).eval(), self, scales, variant)
+            return descriptor(model, multi_scale if multi_scale in scales else scales[0], self)
 
     return LesrcnnArch(id="LESRCNN", name="LESRCNN", detect=K.has_any(ours, official))
 
@@ -95,7 +90,7 @@ def load(path, scale: int | None = None):
 
     ck = W.load(path)
     scale = ck.scales[0] if scale is None else scale
-    return descriptor(single_scale(ck.model, scale).eval(), architecture(scale), ck.scales, ck.variant)
+    return descriptor(ck.model, scale, architecture(scale))
 
 
 def split(src, out_dir) -> list[Path]:
