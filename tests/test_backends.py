@@ -157,6 +157,23 @@ def test_backend_and_precision_errors(wfile):
     assert BK.auto_order("fp32", torch.device("cuda")) == ("torch",)
 
 
+@pytest.mark.skipif(not RUNTIMES, reason="INT8 needs onnxruntime or openvino: pip install 'lesrcnn[openvino]'")
+@pytest.mark.parametrize("backend", RUNTIMES)
+def test_a_damaged_cached_int8_model_is_dropped_not_kept(wfile, tmp_path, monkeypatch, backend):
+    """A cached INT8 model the runtime refuses (a truncated write, another version's file) would fail
+    every run: it is removed, the error says so, and the runtime's message is its telling line."""
+    from lesrcnn.errors import LesrcnnError
+
+    monkeypatch.setenv("LESRCNN_CACHE", str(tmp_path))
+    stale = tmp_path / "int8" / BK.int8_name(BK.digest(W.load(wfile).model), 2)
+    stale.parent.mkdir()
+    stale.write_bytes(b"\x08\x07 not a model")
+    with pytest.raises(LesrcnnError, match="removed the cached INT8 model") as e:
+        Upscaler(2, wfile, device="cpu", backend=backend, precision="int8")
+    assert not stale.exists()
+    assert "\n" not in str(e.value) and "Exception from" not in str(e.value)
+
+
 def test_info_backends_says_what_auto_picks_and_why():
     import json
 

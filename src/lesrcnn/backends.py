@@ -127,7 +127,15 @@ class RuntimeEngine(Engine):
                 src = int8_onnx(self.model, scale, progress=self.progress, key=self._key)
             else:
                 src = to_onnx(self.model, scale).SerializeToString()
-            _RUNNERS[key] = (ort_runner if self.name == "onnx" else openvino_runner)(src, self.threads)
+            try:
+                _RUNNERS[key] = (ort_runner if self.name == "onnx" else openvino_runner)(src, self.threads)
+            except LesrcnnError as e:  # a damaged cached INT8 model would fail every run: drop it
+                stale = cache_dir() / "int8" / int8_name(self._key, scale)
+                if self.precision != "int8" or self.onnx_file is not None or not stale.is_file():
+                    raise
+                stale.unlink()
+                raise LesrcnnError(f"{e}; removed the cached INT8 model {stale}, the next run calibrates "
+                                   f"it again") from None
             if len(_RUNNERS) > 12:
                 _RUNNERS.popitem(last=False)
         _RUNNERS.move_to_end(key)

@@ -1,6 +1,8 @@
 """One exception type for every user-facing failure: the CLI prints it on one line and exits 2."""
 from __future__ import annotations
 
+import re
+
 
 class LesrcnnError(Exception):
     """A bad input, file or option; the message is complete and fits on one line."""
@@ -13,6 +15,8 @@ def one_line(text: object) -> str:
 
 
 def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (a library's may be an essay), or its type's name."""
-    s = str(e).strip()
-    return (s.splitlines()[0] if s else type(e).__name__)[:300]
+    """The first telling line of an exception's message (a library's may be an essay; OpenVINO's
+    starts with "Exception from file.cpp:N:" lines), or its type's name."""
+    lines = [t for t in str(e).splitlines()
+             if t.strip() and not re.fullmatch(r"Exception from \S+:\d+:", t.strip())]
+    return (lines[0].strip() if lines else type(e).__name__)[:300]
