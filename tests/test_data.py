@@ -63,6 +63,25 @@ def test_div2k_style_prefixed_folders(tmp_path):
     assert (ds.name, ds.layout, len(ds.pairs)) == ("DIV2K", "basicsr", 2)
 
 
+def test_basicsr_benchmark_layout_gtmod12_lrbicx(tmp_path):
+    """The benchmark sets as BasicSR distributes them: GTmod12/ + LRbicx2/3/4/ (+ original/, never scored)."""
+    root = tmp_path / "Set5"
+    for i, n in enumerate(("baby", "bird")):
+        _img(root / "GTmod12" / f"{n}.png", 24, 24, i)
+        _img(root / "original" / f"{n}.png", 25, 26, i)
+        for s in (2, 4):
+            _img(root / f"LRbicx{s}" / f"{n}.png", 24 // s, 24 // s, i)
+    for folder, s in ((root, 2), (root / "GTmod12", 4)):
+        ds = find_dataset(folder, s)
+        assert (ds.name, ds.layout) == ("Set5", "basicsr")
+        assert [(p.name, p.hr.parent.name, p.lr.parent.name) for p in ds.pairs] == \
+            [("baby", "GTmod12", f"LRbicx{s}"), ("bird", "GTmod12", f"LRbicx{s}")]
+    ds = find_dataset(root, 3)  # no LRbicx3: LR made from GTmod12 with MATLAB bicubic
+    assert ds.layout == "hr-only" and [p.hr.parent.name for p in ds.pairs] == ["GTmod12", "GTmod12"]
+    with pytest.raises(LesrcnnError, match="LR"):
+        find_dataset(root / "LRbicx2", 2)
+
+
 def test_hr_folder_is_named_by_its_parent(tmp_path):
     root = _basicsr(tmp_path / "Set14")
     ds = find_dataset(root / "HR", 2)

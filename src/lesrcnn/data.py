@@ -14,8 +14,8 @@ from .io import READ_EXTS, read_picture, to_8bit
 from .resize import crop_to_multiple, degrade
 
 # a folder of low-resolution images: LR, LR_bicubic, DIV2K_train_LR_bicubic, lr-x2...
-_LR_FOLDER = re.compile(r"(^|[_\-. ])LR([_\-. ]|$)", re.IGNORECASE)
-_HR_FOLDER = re.compile(r"(.*_)?HR", re.IGNORECASE)  # fullmatch: HR, DIV2K_train_HR...
+_LR_FOLDER = re.compile(r"(^|[_\-. ])LR([_\-. ]|bic|$)", re.IGNORECASE)  # LR, LR_bicubic, LRbicx2
+_HR_FOLDER = re.compile(r"(.*_)?HR|GT(mod\d+)?", re.IGNORECASE)  # fullmatch: HR, DIV2K_train_HR, GTmod12
 _HINT = "give the folder with the HR images (HR/, or *_HR.png files in image_SRF_N/)"
 
 
@@ -100,8 +100,8 @@ def find_dataset(root: str | Path, scale: int) -> Dataset:
     """Recognise a benchmark folder for ``scale``:
 
     - SelfExSR: ``ROOT/image_SRF_s/*_HR.png`` + ``*_LR.png`` (or ROOT is that folder);
-    - BasicSR/DIV2K: ``ROOT/HR/`` + ``ROOT/LR_bicubic/Xs/`` (or ``*_HR`` + ``*_LR_bicubic``; LR
-      names may end in ``xs``); ROOT may be the HR folder itself;
+    - BasicSR/DIV2K: ``ROOT/HR/`` + ``ROOT/LR_bicubic/Xs/`` (or ``*_HR`` + ``*_LR_bicubic``, or
+      ``GTmod12`` + ``LRbicxs``; LR names may end in ``xs``); ROOT may be the HR folder itself;
     - otherwise every image under ROOT is an HR image; LR is made with MATLAB bicubic.
     """
     root = _existing_folder(root)
@@ -114,8 +114,10 @@ def find_dataset(root: str | Path, scale: int) -> Dataset:
     if any(root.glob("image_SRF_*")):
         raise LesrcnnError(f"{root} has no image_SRF_{scale} folder for x{scale}")
     base, folder, hrs = _hr_set(root)
-    lr_dir = base / f"{folder.name[:-2]}LR_bicubic" / f"X{scale}"  # DIV2K_train_HR: DIV2K_train_LR_bicubic
-    if folder == base or not lr_dir.is_dir():
+    lr_dirs = (base / f"{folder.name[:-2]}LR_bicubic" / f"X{scale}",  # DIV2K_train_HR: DIV2K_train_LR_bicubic
+               base / f"LRbicx{scale}")  # BasicSR's benchmark sets: GTmod12 + LRbicx2
+    lr_dir = next((d for d in lr_dirs if d.is_dir()), None)
+    if folder == base or lr_dir is None:
         return Dataset(base.name, "hr-only", [Pair(str(p.relative_to(folder).with_suffix("")), p, None)
                                               for p in hrs])
     strip = re.compile(rf"(x{scale}|_LR|_lr|_HR|_hr)$", re.IGNORECASE)
