@@ -32,7 +32,7 @@ PRETRAINED: dict[str, dict] = {
     "lesrcnn-s": {"file": "lesrcnn_s.safetensors", "scales": (2, 3, 4),
                   "sha256": "8e018a6504a5f74c77514c4580140e1f15938bc4624b97d36109c8ace7a2bf8e"},
     "real": {"file": "lesrcnn_s_real.safetensors", "scales": (2, 3, 4),
-             "sha256": "b23ef29367b2aff5cbb831e282019c457a5f36428f60093516a42f4f41ba25c7"},
+             "sha256": "81f99f37bae16a0940f47f2e8955699363793871c2ca221425ab0b01e834bd66"},
 }
 DEFAULT_WEIGHTS = "lesrcnn-s"
 
