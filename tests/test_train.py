@@ -325,7 +325,7 @@ def test_a_state_without_its_weights_is_refused_with_one_line(data, tmp_path):
     run(cfg(data, tmp_path / "b", steps=2, save_every=1))
     st = torch.load(tmp_path / "b/last.state.pt", weights_only=True)
     legacy = {k: v for k, v in st.items() if k not in ("model", "mean", "ema", "format")}
-    torch.save(legacy, tmp_path / "b/last.state.pt")  # lesrcnn <= 0.x: the weights in last.safetensors
+    torch.save(legacy, tmp_path / "b/last.state.pt")  # the older format: the weights in last.safetensors
     before = (tmp_path / "b/last.state.pt").read_bytes()
     r = run_cli("train", "--data", data, "--out", tmp_path / "b", "--steps", "4", "--batch", "4", "--patch", "12",
                 "--resume")

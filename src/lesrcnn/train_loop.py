@@ -281,7 +281,7 @@ class Trainer:
     def restore(self) -> None:
         """The run's checkpoint unit, checked: readable (weights included), same scale and variant."""
         path = self.out / "last.state.pt"
-        try:  # lesrcnn <= 0.x kept the weights apart, in last.safetensors: its state has no "model"
+        try:  # an older format kept the weights apart, in last.safetensors: its state has no "model"
             st = torch.load(path, map_location="cpu", weights_only=True)
             step, weights = int(st["step"]), st["model"]
         except Exception as e:
