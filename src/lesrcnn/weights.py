@@ -30,9 +30,9 @@ FORMAT_VERSION = "1"
 # `--degradation real` (JPEG, noise, blur) for real photos.
 PRETRAINED: dict[str, dict] = {
     "lesrcnn-s": {"file": "lesrcnn_s.safetensors", "scales": (2, 3, 4),
-                  "sha256": "8e018a6504a5f74c77514c4580140e1f15938bc4624b97d36109c8ace7a2bf8e"},
+                  "sha256": "61418cb88c89f8b5b3b695c580bf6d9293f58d88717fe1a0f3082c8d110a12f4"},
     "real": {"file": "lesrcnn_s_real.safetensors", "scales": (2, 3, 4),
-             "sha256": "81f99f37bae16a0940f47f2e8955699363793871c2ca221425ab0b01e834bd66"},
+             "sha256": "6f1f351e9426c2ab15191176be20051e4f910e8962c3a5be10173ca8912d790e"},
 }
 DEFAULT_WEIGHTS = "lesrcnn-s"
 
