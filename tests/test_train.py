@@ -118,6 +118,14 @@ def test_real_degradation_patches_are_reproducible_and_a_rank_gets_its_slice():
     assert lr.shape[-1] * s == hr.shape[-1] and torch.equal(lr, again[1]) and torch.equal(hr, again[2])
     assert torch.equal(lr[4:], rank1[1]) and torch.equal(hr[4:], rank1[2])
     assert (lr - torch.nn.functional.avg_pool2d(hr, s)).abs().mean() < 0.1  # LR of its own HR patch
+    pooled = PatchSampler(hrs, {}, {2: 12, 3: 8, 4: 6}, CPU, workers=2)  # what a GPU run uses
+    try:
+        assert pooled.pool is None and all(torch.equal(a, b) for a, b in zip(
+            pooled.batch(np.random.default_rng(4), 8)[1:], (lr, hr)))
+        assert pooled.pool is not None and pooled.pool._max_workers == 2
+    finally:
+        pooled.close()
+    assert pooled.pool is None
 
 
 def test_too_small_for_a_scale_is_one_line():

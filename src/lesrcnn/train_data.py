@@ -7,13 +7,16 @@ of all images with the flip and rotation folded into the indices, so no pixel cr
 from __future__ import annotations
 
 import os
+import signal
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from itertools import repeat
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Iterator
 
+import cv2
 import numpy as np
 import torch
 
@@ -71,17 +74,28 @@ def load_images(folders: list[str], scales: tuple[int, ...], hr_side: dict[int, 
     return [hr for hr, _ in kept], ({s: [lr[s] for _, lr in kept] for s in scales} if bicubic else {})
 
 
+def _worker_init() -> None:
+    """One thread per worker (the pool is the parallelism). Ctrl-C or a TERM to the process group
+    reaches the workers too: the trainer saves and shuts them down; they must not die first, or
+    print tracebacks."""
+    cv2.setNumThreads(1)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class PatchSampler:
     """Aligned (LR, HR) patch batches; ``lrs`` empty: LR made per patch on the host by ``real_lr``.
     Every scale samples only the images at least as large as its HR patch, by area, so a
     multi-scale run never meets an LR image smaller than its patch (issue 9.6)."""
 
     def __init__(self, hrs: list[np.ndarray], lrs: dict[int, list[np.ndarray]], lr_patch: dict[int, int],
-                 device: torch.device):
+                 device: torch.device, workers: int | None = None):
         self.scales, self.lr_patch, self.device = tuple(sorted(lr_patch)), lr_patch, device
-        self.real = not lrs
-        # real_lr runs on the host; its codecs and convolutions release the GIL
-        self.pool = ThreadPoolExecutor(min(16, os.cpu_count() or 1)) if self.real else None
+        self.real, self.pool = not lrs, None
+        # real LR in worker processes only beside a GPU: on a CPU the convolutions already use every core
+        if workers is None:
+            workers = 0 if device.type == "cpu" else min(16, os.cpu_count() or 1)
+        self.workers = workers
         self.hr = Flat(hrs, torch.device("cpu") if self.real else device)
         self.lr = {s: Flat(lrs[s], device) for s in lrs}
         self.p: dict[int, np.ndarray] = {}
@@ -91,6 +105,22 @@ class PatchSampler:
                 raise LesrcnnError(f"all training images are smaller than the {lr_patch[s] * s}px HR patch "
                                    f"of x{s}")
             self.p[s] = area / area.sum()
+
+    def real_lrs(self, hr: np.ndarray, scale: int, rngs) -> Iterator[np.ndarray]:
+        """``real_lr`` of each HR patch, in ``workers`` processes (one chunk each): its many small
+        numpy/PIL steps hold the GIL, so 16 threads on a GPU host gave one core's worth (360
+        patches/s). Spawned, not forked: the parent may hold CUDA and thread pools."""
+        if self.workers < 2 or len(hr) < 2:
+            return map(real_lr, hr, repeat(scale), rngs)
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
+                                            initializer=_worker_init)
+        return self.pool.map(real_lr, hr, repeat(scale), rngs, chunksize=-(-len(hr) // self.workers))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
 
     def draw(self, rng: np.random.Generator, n: int) -> tuple[int, np.ndarray]:
         """The scale and n rows of (image, y, x, flip_h, flip_v, transpose); y, x in LR pixels for
@@ -108,9 +138,9 @@ class PatchSampler:
         s, p = self.draw(rng, n)
         ps, pd = self.lr_patch[s], torch.from_numpy(p[part])
         if self.real:
-            rngs = map(np.random.default_rng, rng.integers(2**63, size=n)[part])  # one per patch (threads)
+            rngs = map(np.random.default_rng, rng.integers(2**63, size=n)[part])  # one per patch (workers)
             hr = self.hr.gather(pd, ps * s)
-            lr = torch.from_numpy(np.stack(list(self.pool.map(real_lr, hr.numpy(), repeat(s), rngs))))
+            lr = torch.from_numpy(np.stack(list(self.real_lrs(hr.numpy(), s, rngs))))
         else:
             pd = (pd.pin_memory() if self.device.type == "cuda" else pd).to(self.device, non_blocking=True)
             lr, hr = self.lr[s].gather(pd, ps), self.hr.gather(pd, ps * s, stride=s)

@@ -380,6 +380,8 @@ def train(opts: Options, resume: bool = False, log: Callable | None = None) -> d
                     t.save()
                     t.log(f"saved step {t.step} to {t.out / 'last.state.pt'} before stopping")
             raise
+        finally:
+            t.sampler.close()
     t.save()
     summary = {"step": t.step, "reason": reason, "loss": t.last_loss, "seconds": round(t.elapsed(), 1),
                "best_val": t.best if t.best > -math.inf else None, "out": str(t.out),
