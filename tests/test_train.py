@@ -424,18 +424,22 @@ def test_ddp_two_processes_equal_one_process_on_the_combined_batch(data, tmp_pat
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-def test_gpu_script_runs_on_the_cpu(data, tmp_path):
+def test_gpu_scripts_run_on_the_cpu(data, tmp_path):
+    """tools/gpu_jobs.sh: both jobs of tools/gpu_train.sh side by side, as a device call runs them."""
     val = tmp_path / "val"
     val.mkdir()
     Image.fromarray(natural_image(48, 48, seed=9)).save(val / "v.png")
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", OUT=str(tmp_path / "out"))
-    r = subprocess.run(["bash", str(REPO / "tools/gpu_train.sh"), "--device", "cpu", "--minutes", "0.15",
+    r = subprocess.run(["bash", str(REPO / "tools/gpu_jobs.sh"), "--device", "cpu", "--minutes", "0.15",
                         "--data", str(data), "--batch", "4", "--hr-patch", "24", "--val", str(val)],
-                       env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-3000:]
+                       env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "out"
+    assert len(list(out.iterdir())) == 8  # the device tool brings back at most 8 files
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train"]["step"] >= 1 and summary["train"]["reason"] == "time limit"
     ck = W.load(out / "lesrcnn_s.safetensors")
     assert ck.scales == (2, 3, 4) and ck.metadata["provenance"]["recipe"]["ema"] > 0
     assert (out / "metrics.jsonl").exists() and "val" in summary
+    real = W.load(out / "real_last.safetensors").metadata["provenance"]["recipe"]
+    assert real["degradation"] == "real" and real["init_weights"].endswith("lesrcnn_s_real.safetensors")
