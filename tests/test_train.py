@@ -431,7 +431,8 @@ def test_gpu_scripts_run_on_the_cpu(data, tmp_path):
     Image.fromarray(natural_image(48, 48, seed=9)).save(val / "v.png")
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", OUT=str(tmp_path / "out"))
     r = subprocess.run(["bash", str(REPO / "tools/gpu_jobs.sh"), "--device", "cpu", "--minutes", "0.15",
-                        "--data", str(data), "--batch", "4", "--hr-patch", "24", "--val", str(val)],
+                        "--data", str(data), "--batch", "4", "--hr-patch", "24", "--val", str(val),
+                        "--real-batch", "2", "--loss", "mse"],
                        env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "out"
@@ -439,7 +440,9 @@ def test_gpu_scripts_run_on_the_cpu(data, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train"]["step"] >= 1 and summary["train"]["reason"] == "time limit"
     ck = W.load(out / "lesrcnn_s.safetensors")
-    assert ck.scales == (2, 3, 4) and ck.metadata["provenance"]["recipe"]["ema"] > 0
+    bic = ck.metadata["provenance"]["recipe"]
+    assert ck.scales == (2, 3, 4) and bic["ema"] > 0 and (bic["loss"], bic["batch"]) == ("mse", 4)
     assert (out / "metrics.jsonl").exists() and "val" in summary
     real = W.load(out / "real_last.safetensors").metadata["provenance"]["recipe"]
     assert real["degradation"] == "real" and real["init_weights"].endswith("lesrcnn_s_real.safetensors")
+    assert (real["loss"], real["batch"], real["hr_patch"]) == ("l1", 2, 24)  # --loss is the bicubic job's

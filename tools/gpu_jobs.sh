@@ -7,28 +7,32 @@
 #
 #   OUT=/tmp/out tools/gpu_jobs.sh [--minutes 7] [--lr 2e-4] [--real-lr 1e-4]   # device call, carry train_data
 #   OUT=/tmp/out tools/gpu_jobs.sh --device cpu --minutes 0.2 --batch 4 --hr-patch 24   # tiny, on a CPU (tested)
-# --device, --batch, --hr-patch, --precision, --data and --val go to both jobs.
+# --device, --batch, --hr-patch, --precision, --data and --val go to both jobs; --real-batch and
+# --real-hr-patch override the last two for the real-photo job; --loss and --init-weights (default:
+# the shipped weights) are the bicubic job's.
 # Both start from the shipped weights; compare and ship on the CPU afterwards (README, "Our weights").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_jobs}
-minutes=7 lr=2e-4 real_lr=1e-4 common=()
+minutes=7 lr=2e-4 real_lr=1e-4 common=() real_args=() bic_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --minutes) minutes=$2; shift 2;;
     --lr) lr=$2; shift 2;;
     --real-lr) real_lr=$2; shift 2;;
     --device|--batch|--hr-patch|--precision|--data|--val) common+=("$1" "$2"); shift 2;;
+    --real-batch|--real-hr-patch) real_args+=("--${1#--real-}" "$2"); shift 2;;
+    --loss|--init-weights) bic_args+=("$1" "$2"); shift 2;;
     *) echo "gpu_jobs.sh: unknown option $1 (see the header of $0)" >&2; exit 2;;
   esac
 done
 work=$(mktemp -d)
 mkdir -p "$OUT"
 real_minutes=$(python -c "print(max(float('$minutes') - 0.2, 0.1))")
-(OUT="$work/real" nice -n 15 bash tools/gpu_train.sh --minutes "$real_minutes" --lr "$real_lr" "${common[@]}" \
+(OUT="$work/real" nice -n 15 bash tools/gpu_train.sh --minutes "$real_minutes" --lr "$real_lr" "${common[@]}" ${real_args[@]+"${real_args[@]}"} \
    -- --degradation real --init-weights src/lesrcnn/pretrained/lesrcnn_s_real.safetensors \
    > "$work/real.log" 2>&1; echo "real job: exit $?" >> "$work/real.log") &
-OUT="$work/bic" bash tools/gpu_train.sh --minutes "$minutes" --lr "$lr" "${common[@]}" > "$work/bic.log" 2>&1
+OUT="$work/bic" bash tools/gpu_train.sh --minutes "$minutes" --lr "$lr" "${common[@]}" -- ${bic_args[@]+"${bic_args[@]}"} > "$work/bic.log" 2>&1
 bic=$?
 echo "bicubic job: exit $bic" >> "$work/bic.log"
 wait

@@ -32,7 +32,7 @@ PRETRAINED: dict[str, dict] = {
     "lesrcnn-s": {"file": "lesrcnn_s.safetensors", "scales": (2, 3, 4),
                   "sha256": "61418cb88c89f8b5b3b695c580bf6d9293f58d88717fe1a0f3082c8d110a12f4"},
     "real": {"file": "lesrcnn_s_real.safetensors", "scales": (2, 3, 4),
-             "sha256": "6f1f351e9426c2ab15191176be20051e4f910e8962c3a5be10173ca8912d790e"},
+             "sha256": "408de503a6bac75bb0aec79d0bd1d88de3040866f299b6626d69915022d9e48b"},
 }
 DEFAULT_WEIGHTS = "lesrcnn-s"
 
