@@ -21,7 +21,7 @@ from lesrcnn.io import TEMP_MARK
 from lesrcnn.model import LESRCNN
 from lesrcnn.resize import imresize
 from lesrcnn.train import Options, load_config, make_options, run
-from lesrcnn.train_data import PatchSampler
+from lesrcnn.train_data import PatchSampler, load_images
 from lesrcnn.train_loop import fuse_rb_for_training, lr_at
 
 CPU = torch.device("cpu")
@@ -126,6 +126,17 @@ def test_real_degradation_patches_are_reproducible_and_a_rank_gets_its_slice():
     finally:
         pooled.close()
     assert pooled.pool is None
+
+
+def test_rescaled_copies_are_matlab_downscales_with_their_own_lr(data):
+    hrs, lrs = load_images([str(data)], (2, 3), {2: 24, 3: 24}, True, log=lambda _: None, rescale=(0.5, 0.2))
+    assert len(hrs) == 8  # 4 images and their x0.5 copies; the x0.2 copies and tiny.png are below 24 px
+    for hr, copy_ in zip(hrs[::2], hrs[1::2]):
+        np.testing.assert_array_equal(copy_, imresize(hr, 0.5))
+    for s in (2, 3):
+        for hr, lr in zip(hrs, lrs[s]):
+            h, w = hr.shape[0] // s * s, hr.shape[1] // s * s
+            np.testing.assert_array_equal(lr, imresize(hr[:h, :w], 1 / s))
 
 
 def test_too_small_for_a_scale_is_one_line():
@@ -234,6 +245,8 @@ def test_config_file_and_flags(data, tmp_path):
     ("data = [1]\n", "data must be a list"),
     ("steps = -1\n", "must be positive"),
     ("ema = 1.5\n", "ema must be in"),
+    ('rescale = "0.9,1.5"\n', "rescale takes factors between 0 and 1"),
+    ('rescale = "0.9;0.8"\n', "rescale takes factors"),
     ("steps = [", "cannot parse"),
 ])
 def test_config_schema_errors_name_the_key(tmp_path, text, contains):
@@ -432,7 +445,7 @@ def test_gpu_scripts_run_on_the_cpu(data, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", OUT=str(tmp_path / "out"))
     r = subprocess.run(["bash", str(REPO / "tools/gpu_jobs.sh"), "--device", "cpu", "--minutes", "0.15",
                         "--data", str(data), "--batch", "4", "--hr-patch", "24", "--val", str(val),
-                        "--real-batch", "2", "--loss", "mse"],
+                        "--real-batch", "2", "--loss", "mse", "--rescale", "0.8"],
                        env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "out"
@@ -441,8 +454,9 @@ def test_gpu_scripts_run_on_the_cpu(data, tmp_path):
     assert summary["train"]["step"] >= 1 and summary["train"]["reason"] == "time limit"
     ck = W.load(out / "lesrcnn_s.safetensors")
     bic = ck.metadata["provenance"]["recipe"]
-    assert ck.scales == (2, 3, 4) and bic["ema"] > 0 and (bic["loss"], bic["batch"]) == ("mse", 4)
+    assert ck.scales == (2, 3, 4) and bic["ema"] > 0 and (bic["loss"], bic["batch"], bic["rescale"]) == ("mse", 4, "0.8")
+    assert "rescaled copies" in (out / "train.log").read_text()
     assert (out / "metrics.jsonl").exists() and "val" in summary
     real = W.load(out / "real_last.safetensors").metadata["provenance"]["recipe"]
     assert real["degradation"] == "real" and real["init_weights"].endswith("lesrcnn_s_real.safetensors")
-    assert (real["loss"], real["batch"], real["hr_patch"]) == ("l1", 2, 24)  # --loss is the bicubic job's
+    assert (real["loss"], real["batch"], real["hr_patch"], real["rescale"]) == ("l1", 2, 24, "")  # the bicubic job's

@@ -8,7 +8,7 @@
 #   OUT=/tmp/out tools/gpu_jobs.sh [--minutes 7] [--lr 2e-4] [--real-lr 1e-4]   # device call, carry train_data
 #   OUT=/tmp/out tools/gpu_jobs.sh --device cpu --minutes 0.2 --batch 4 --hr-patch 24   # tiny, on a CPU (tested)
 # --device, --batch, --hr-patch, --precision, --data and --val go to both jobs; --real-batch and
-# --real-hr-patch override the last two for the real-photo job; --loss and --init-weights (default:
+# --real-hr-patch override the last two for the real-photo job; --loss, --rescale and --init-weights (default:
 # the shipped weights) are the bicubic job's.
 # Both start from the shipped weights; compare and ship on the CPU afterwards (README, "Our weights").
 set -uo pipefail
@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
     --real-lr) real_lr=$2; shift 2;;
     --device|--batch|--hr-patch|--precision|--data|--val) common+=("$1" "$2"); shift 2;;
     --real-batch|--real-hr-patch) real_args+=("--${1#--real-}" "$2"); shift 2;;
-    --loss|--init-weights) bic_args+=("$1" "$2"); shift 2;;
+    --loss|--init-weights|--rescale) bic_args+=("$1" "$2"); shift 2;;
     *) echo "gpu_jobs.sh: unknown option $1 (see the header of $0)" >&2; exit 2;;
   esac
 done

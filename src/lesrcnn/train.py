@@ -39,6 +39,8 @@ class Options:
     variant: str = _opt("full", "network variant: full, or one of the paper's ablations in model.VARIANTS")
     init: str = _opt("random", "start from random weights or a cubic interpolator", ["random", "interp"])
     init_weights: str = _opt("", "start from one of our safetensors checkpoints (never an official .pth)")
+    rescale: str = _opt("", "also train on every image downscaled by these factors, e.g. 0.9,0.8,0.7,0.6 "
+                        "(MATLAB bicubic): more, and sharper, training images")
     degradation: str = _opt("bicubic", "LR: MATLAB bicubic, or random blur/noise/JPEG", ["bicubic", "real"])
     ema: float = _opt(0.0, "exponential moving average of the weights (e.g. 0.999); 0: off")
     val: list[str] = _opt([], "validation folder (repeatable); best.safetensors keeps the best PSNR")
@@ -55,6 +57,9 @@ class Options:
     def scales(self) -> tuple[int, ...]:
         return (2, 3, 4) if self.scale == "multi" else (int(self.scale),)
 
+    def rescale_factors(self) -> tuple[float, ...]:
+        return _factors(self.rescale)
+
     def lr_patch(self) -> dict[int, int]:
         return {s: (max(8, self.hr_patch // s) if self.hr_patch else self.patch) for s in self.scales()}
 
@@ -63,6 +68,16 @@ Config = Options  # the name older scripts use
 _TYPES = get_type_hints(Options)
 _FIELDS = {f.name: f for f in fields(Options)}
 _KINDS = {bool: "true or false", str: "a string", int: "an integer", float: "a number"}
+
+
+def _factors(text: str, name: str = "--rescale") -> tuple[float, ...]:
+    try:
+        factors = tuple(float(x) for x in text.split(",")) if text.strip() else ()
+    except ValueError:
+        factors = (0.0,)
+    if not all(0 < f < 1 for f in factors):
+        raise LesrcnnError(f"{name} takes factors between 0 and 1, comma-separated (e.g. 0.9,0.8), got {text!r}")
+    return factors
 
 
 def _checked(key: str, v, where: str):
@@ -82,6 +97,8 @@ def _checked(key: str, v, where: str):
         raise LesrcnnError(f"{name} must be one of {', '.join(meta['choices'])}, got {v!r}")
     if meta["low"] is not None and (v < 0 or (meta["low"] and v == 0)):
         raise LesrcnnError(f"{flag} must be {'positive' if meta['low'] else '>= 0'}")
+    if key == "rescale":
+        _factors(v, name)
     if key == "ema" and not 0 <= v < 1:
         raise LesrcnnError("--ema must be in [0, 1), e.g. 0.999")
     return float(v) if typ is float else v

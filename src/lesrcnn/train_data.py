@@ -23,7 +23,7 @@ import torch
 from .data import hr_images, read_rgb
 from .degrade import real_lr
 from .errors import LesrcnnError
-from .resize import degrade
+from .resize import degrade, imresize
 
 
 class Flat:
@@ -46,31 +46,34 @@ class Flat:
         return self.buf[self.off[i] + (y * stride + r) * self.width[i] + x * stride + c]
 
 
-def _prepare(path: Path, scales: tuple[int, ...], need: int, bicubic: bool) -> tuple | None:
-    """(HR, {scale: LR}) for one file, or None when it is smaller than every scale's HR patch."""
-    hr = read_rgb(path)
-    if min(hr.shape[:2]) < need:
-        return None
-    return hr, {s: degrade(hr, s)[1] for s in (scales if bicubic else ())}
+def _prepare(path: Path, scales: tuple[int, ...], need: int, bicubic: bool,
+             rescale: tuple[float, ...] = ()) -> list[tuple]:
+    """(HR, {scale: LR}) for one file and for each of its ``rescale`` downscales (the augmentation
+    the 291-image SR papers use: more, and sharper, images), those at least ``need`` px."""
+    original = read_rgb(path)
+    return [(hr, {s: degrade(hr, s)[1] for s in (scales if bicubic else ())})
+            for hr in (original, *(imresize(original, f) for f in rescale)) if min(hr.shape[:2]) >= need]
 
 
 def load_images(folders: list[str], scales: tuple[int, ...], hr_side: dict[int, int], bicubic: bool,
-                log=print) -> tuple[list[np.ndarray], dict[int, list[np.ndarray]]]:
+                log=print, rescale: tuple[float, ...] = ()) -> tuple[list[np.ndarray], dict[int, list[np.ndarray]]]:
     """Decode every HR image once and make its MATLAB-bicubic LR once (in parallel processes)."""
     paths = [p for f in folders for p in hr_images(f)]
     need, t0 = min(hr_side.values()), time.time()
-    prepare = partial(_prepare, scales=scales, need=need, bicubic=bicubic)
+    prepare = partial(_prepare, scales=scales, need=need, bicubic=bicubic, rescale=rescale)
     workers = min(len(paths) // 8, os.cpu_count() or 1, 16)
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-            kept = [d for d in pool.map(prepare, paths, chunksize=4) if d is not None]
+            per_file = list(pool.map(prepare, paths, chunksize=4))
     else:
-        kept = [d for d in map(prepare, paths) if d is not None]
+        per_file = list(map(prepare, paths))
+    kept = [d for ds in per_file for d in ds]
     if not kept:
         raise LesrcnnError(f"all {len(paths)} training images are smaller than the {need}px HR patch")
     made = f", LR for x{'/x'.join(map(str, scales))} made" if bicubic else ""
-    log(f"data: {len(kept)} images ({len(paths) - len(kept)} smaller than the patch skipped){made} "
-        f"in {time.time() - t0:.1f}s")
+    copies = f" + {len(kept) - sum(map(bool, per_file))} rescaled copies" if rescale else ""
+    log(f"data: {sum(map(bool, per_file))} images{copies} ({sum(not d for d in per_file)} smaller than the "
+        f"patch skipped){made} in {time.time() - t0:.1f}s")
     return [hr for hr, _ in kept], ({s: [lr[s] for _, lr in kept] for s in scales} if bicubic else {})
 
 

@@ -270,7 +270,7 @@ class Trainer:
         hw = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else \
             f"{cpu_name()}, {torch.get_num_threads()} threads"
         recipe = ("scale", "batch", "patch", "hr_patch", "lr", "schedule", "decay", "warmup", "loss", "clip",
-                  "init", "init_weights", "degradation", "ema", "variant", "precision", "seed")
+                  "init", "init_weights", "rescale", "degradation", "ema", "variant", "precision", "seed")
         best = round(self.best, 4) if self.best > -math.inf else None
         meta = {"trained_by": f"lesrcnn {__version__} `lesrcnn train`", "steps": self.step,
                 "data": [Path(d).name for d in o.data], "recipe": {k: getattr(o, k) for k in recipe},
@@ -350,7 +350,7 @@ def setup(opts: Options, resume: bool, log: Callable | None) -> Trainer:
     if resume:
         t.restore()
     hrs, lrs = load_images(opts.data, opts.scales(), {s: p * s for s, p in opts.lr_patch().items()},
-                           opts.degradation == "bicubic", log)
+                           opts.degradation == "bicubic", log, opts.rescale_factors())
     t.sampler = PatchSampler(hrs, lrs, opts.lr_patch(), device)
     if not rank:
         resolved = {"lr_patch": opts.lr_patch(), "world_size": world, "code_version": __version__}
