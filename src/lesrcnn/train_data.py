@@ -71,9 +71,10 @@ def load_images(folders: list[str], scales: tuple[int, ...], hr_side: dict[int, 
     if not kept:
         raise LesrcnnError(f"all {len(paths)} training images are smaller than the {need}px HR patch")
     made = f", LR for x{'/x'.join(map(str, scales))} made" if bicubic else ""
-    copies = f" + {len(kept) - sum(map(bool, per_file))} rescaled copies" if rescale else ""
-    log(f"data: {sum(map(bool, per_file))} images{copies} ({sum(not d for d in per_file)} smaller than the "
-        f"patch skipped){made} in {time.time() - t0:.1f}s")
+    images = sum(map(bool, per_file))
+    copies = f" + {len(kept) - images} rescaled copies" if rescale else ""
+    log(f"data: {images} images{copies} ({len(paths) - images} smaller than the patch skipped){made} "
+        f"in {time.time() - t0:.1f}s")
     return [hr for hr, _ in kept], ({s: [lr[s] for _, lr in kept] for s in scales} if bicubic else {})
 
 
