@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lesrcnn.model import build, init_interpolation
-from lesrcnn.train import Config, run
+from lesrcnn.train import Options, run
 from lesrcnn.train_loop import load_val_sets, validate
 
 
@@ -35,7 +35,7 @@ def main() -> None:
         if (out / "last.state.pt").exists():
             for f in out.iterdir():
                 f.unlink()
-        cfg = Config(data=a.data, out=str(out), scale=a.scale, steps=a.steps, batch=16, patch=48, lr=1e-3,
+        cfg = Options(data=a.data, out=str(out), scale=a.scale, steps=a.steps, batch=16, patch=48, lr=1e-3,
                      schedule="cosine", warmup=min(50, a.steps // 10), loss="l1", init=init, val=[a.val],
                      val_every=a.every, save_every=10**9, log_every=a.every, seed=0, threads=a.threads)
         torch.manual_seed(0)  # the same start the run will build

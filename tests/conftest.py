@@ -107,3 +107,25 @@ def sha256_tree(*paths: Path) -> dict[str, str]:
             elif p.is_file():
                 out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def official_layout(model, multi: bool = False) -> dict[str, torch.Tensor]:
+    """Our state dict in the authors' key layout (the inverse of weights.official_to_ours)."""
+    import torch
+
+    sd = model.state_dict()
+    mean = model.mean.flatten()
+    eye = torch.eye(3).view(3, 3, 1, 1)
+    out = {"sub_mean.shifter.weight": eye, "sub_mean.shifter.bias": -mean,
+           "add_mean.shifter.weight": eye, "add_mean.shifter.bias": mean.clone(), "conv1.0.weight": sd["head.weight"]}
+    for k in range(8):
+        out[f"conv{2 + 2 * k}.0.weight"] = sd[f"body3.{k}.weight"]
+        out[f"conv{3 + 2 * k}.0.weight"] = sd[f"body1.{k}.weight"]
+    for i in range(4):
+        out[f"conv17_{i + 1}.0.weight"] = sd[f"irb.{i}.weight"]
+    out["conv18.0.weight"] = sd["tail.weight"]
+    for k, v in sd.items():
+        if k.startswith("upsample."):
+            _, xs, j, kind = k.split(".")
+            out[f"upsample.up{xs[1:] if multi else ''}.body.{j}.{kind}"] = v
+    return {k: v.clone().contiguous() for k, v in out.items()}

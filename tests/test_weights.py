@@ -3,7 +3,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import assert_one_line_error, official, run_cli
+from conftest import assert_one_line_error, official, official_layout, run_cli
 from lesrcnn import weights as W
 from lesrcnn.io import TEMP_MARK
 from lesrcnn.errors import LesrcnnError
@@ -16,6 +16,17 @@ def test_official_checkpoints_load_into_our_network(scale):
     assert ck.scales == (scale,) and ck.variant == "full"
     assert ck.num_parameters == {2: 626_304, 3: 810_944, 4: 774_016}[scale]
     assert ck.mean == pytest.approx((0.4488, 0.4371, 0.4040))
+
+
+def test_the_authors_multi_scale_layout_loads_as_lesrcnn_s(tmp_path):
+    """LESRCNN-S in the released code's keys (upsample.up2/up3/up4): every scale, same outputs."""
+    ours = W.load(None)
+    torch.save(official_layout(ours.model, multi=True), tmp_path / "authors_s.pth")
+    ck = W.load(tmp_path / "authors_s.pth")
+    assert ck.scales == (2, 3, 4) and ck.metadata == {"format": "official-pth"}
+    x = torch.rand(1, 3, 9, 7)
+    for s in (2, 3, 4):
+        assert torch.equal(ck.model(x, s), ours.model(x, s))
 
 
 def _released_forward(sd: dict, x: torch.Tensor, scale: int) -> torch.Tensor:

@@ -219,6 +219,8 @@ def _csv(allowed, what: str, convert=int):
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
+    from .cli import number
+
     p = sub.add_parser("bench", description="Inference speed of every installed CPU backend beside the "
                        "machine's fp32 GEMM peak, and the whole-file upscale of a 1920x1080 JPEG.")
     p.add_argument("--weights", help="checkpoint (default: the embedded weights)")
@@ -227,10 +229,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="HR output sizes, comma-separated (Table 8: 256,512,1024)")
     p.add_argument("--backends", type=_csv(BACKENDS, ", ".join(BACKENDS), str), default=",".join(BACKENDS),
                    help="comma-separated subset")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per backend (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
-    p.add_argument("-j", "--threads", type=int, help="CPU threads (default: torch's default)")
-    p.add_argument("--gemm-size", type=int, default=3072, help="n of the n x n x n peak GEMM")
+    p.add_argument("--repeat", type=number(1), default=5, help="timed runs per backend (median reported)")
+    p.add_argument("--warmup", type=number(0), default=1, help="untimed runs first")
+    p.add_argument("-j", "--threads", type=number(1), help="CPU threads (default: torch's default)")
+    p.add_argument("--gemm-size", type=number(64), default=3072, help="n of the n x n x n peak GEMM")
     p.add_argument("--no-file", action="store_true", help="skip the whole-file upscale of a 1920x1080 JPEG")
     p.add_argument("--json", action="store_true", help="print JSON (rows, machine, auto, whole-file job)")
     p.set_defaults(func=cmd_bench)
@@ -246,8 +248,6 @@ def cmd_bench(a) -> int:
     from .upscale import tune_cpu_allocator
     from .weights_cli import backends_info
 
-    if a.repeat < 1 or a.warmup < 0 or (a.threads or 1) < 1 or a.gemm_size < 64:
-        raise LesrcnnError("--repeat and --threads must be >= 1, --warmup >= 0 and --gemm-size >= 64")
     threads = a.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     tune_cpu_allocator()  # process-wide: every row runs with it

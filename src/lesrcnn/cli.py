@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import math
 import os
 import signal
 import sys
@@ -39,6 +40,22 @@ def scale_arg(v: str) -> int:
     if v.strip() not in ("2", "3", "4"):
         raise argparse.ArgumentTypeError(f"scale must be 2, 3 or 4, got {v!r}")
     return int(v)
+
+
+def number(low: float, kind: type = int, strict: bool = False):
+    """An argparse type: an integer (1e8 is one too) or, with ``kind=float``, a finite number; at
+    least ``low`` (above it with ``strict``)."""
+    def parse(v: str):
+        try:
+            x = float(v)
+        except ValueError:
+            x = math.nan
+        if not math.isfinite(x) or (kind is int and not x.is_integer()):
+            raise argparse.ArgumentTypeError(f"{'an integer' if kind is int else 'a number'} expected, got {v!r}")
+        if x < low or (strict and x == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {v}")
+        return kind(x)
+    return parse
 
 
 def device_arg(v: str) -> str:

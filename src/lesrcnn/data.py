@@ -2,7 +2,6 @@
 go through :func:`lesrcnn.io.read_picture`: the decoding, errors and bomb guard of ``upscale``."""
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LesrcnnError
-from .io import READ_EXTS, read_picture, to_8bit
+from .io import READ_EXTS, files_under, read_picture, to_8bit
 from .resize import crop_to_multiple, degrade
 
 # a folder of low-resolution images: LR, LR_bicubic, DIV2K_train_LR_bicubic, lr-x2...
@@ -34,13 +33,9 @@ class Dataset:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder``, sorted; hidden names (our temp files among them) are skipped and
-    symlinked folders are not followed, so a link loop cannot make the walk endless."""
-    found = []
-    for top, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(top, f) for f in files if f[:1] != "." and Path(f).suffix.lower() in READ_EXTS]
-    return sorted(p for p in found if p.is_file())
+    """Image files under ``folder`` (:func:`lesrcnn.io.files_under`: hidden names, our temp files
+    among them, skipped; link loops end), sorted."""
+    return [p for p in files_under(folder) if p.suffix.lower() in READ_EXTS and p.is_file()]
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 
 class LesrcnnError(Exception):
@@ -20,3 +21,10 @@ def first_line(e: BaseException) -> str:
     lines = [t for t in str(e).splitlines()
              if t.strip() and not re.fullmatch(r"Exception from \S+:\d+:", t.strip())]
     return (lines[0].strip() if lines else type(e).__name__)[:300]
+
+
+def note(line: str) -> None:
+    """``lesrcnn: line`` on stderr, one line, above a progress bar if one is shown."""
+    from tqdm import tqdm
+
+    tqdm.write(one_line(f"lesrcnn: {line}"), file=sys.stderr)

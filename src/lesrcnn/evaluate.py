@@ -133,7 +133,7 @@ def format_results(results: list[Result], fmt: str) -> str:
 # --- `lesrcnn eval` ----------------------------------------------------------------------------
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from .cli import device_arg, scale_arg
+    from .cli import device_arg, number, scale_arg
 
     p = sub.add_parser("eval", help="PSNR/SSIM on benchmark folders with the paper's protocol",
                        description="PSNR/SSIM on the Y channel (border = scale), as the paper and its code "
@@ -161,7 +161,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
                    help="int8: CPU, OpenVINO or ONNX Runtime (quantised once per weights, cached); "
                         "fp16/bf16: CUDA")
-    p.add_argument("-j", "--threads", type=int,
+    p.add_argument("-j", "--threads", type=number(1),
                    help="CPU threads of the onnx/openvino runtimes (default: torch's)")
     p.set_defaults(func=run)
     return p

@@ -17,7 +17,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -94,6 +94,33 @@ def clean_stale_temps(folder: str | os.PathLike, older_than_s: float = 600.0) ->
                     os.unlink(e.path)
                     removed += 1
     return removed
+
+
+# --- folders -------------------------------------------------------------------------------------
+
+def inode(p: str | os.PathLike) -> tuple[int, int]:
+    st = os.stat(p)
+    return st.st_dev, st.st_ino
+
+
+def files_under(root: Path, exclude: Path | None = None, max_depth: int | None = None,
+                onerror: Callable[[OSError], None] | None = None) -> list[Path]:
+    """Non-hidden files below ``root``, sorted: regular ones and broken links (they fail alone,
+    with their reason), never FIFOs or devices. Folder links are followed, but each real folder
+    is entered once (by the first path met), so link loops end; ``exclude`` counts as entered."""
+    seen, found = {inode(d) for d in (root, exclude) if d is not None}, []
+    for d, dirs, files in os.walk(root, followlinks=True, onerror=onerror):
+        if max_depth is not None and len(Path(d).relative_to(root).parts) >= max_depth:
+            dirs.clear()
+        for name in sorted(dirs):
+            key = inode(Path(d, name))
+            if name.startswith(".") or key in seen:
+                dirs.remove(name)
+            else:
+                seen.add(key)
+        found += [Path(d, f) for f in files if not f.startswith(".") and
+                  (os.path.isfile(Path(d, f)) or not os.path.exists(Path(d, f)))]
+    return sorted(found)
 
 
 # --- images --------------------------------------------------------------------------------------

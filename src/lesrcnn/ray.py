@@ -6,11 +6,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import LesrcnnError, first_line
+from .errors import LesrcnnError, first_line, note
 
 
 @dataclass
@@ -124,5 +123,5 @@ def run_cli_jobs(jobs, a) -> tuple[int, int, int]:
     if len(jobs) == 1 and report.failed:  # one image: its failure is the command's error (exit 2)
         raise LesrcnnError(report.failed[0][1])
     for dst, err in report.failed:
-        print(f"lesrcnn: error: {err}" if dst in err else f"lesrcnn: error: {dst}: {err}", file=sys.stderr)
+        note(f"error: {err}" if dst in err else f"error: {dst}: {err}")
     return report.written, report.skipped, len(report.failed)

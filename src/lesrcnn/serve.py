@@ -190,7 +190,7 @@ def create_app(a: argparse.Namespace):
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from .cli import device_arg
+    from .cli import device_arg, number
 
     p = sub.add_parser("serve", help="web page and HTTP API for upscaling (needs lesrcnn[serve])",
                        description="A web page and an HTTP API (POST /v1/upscale, GET /healthz) for "
@@ -200,11 +200,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="FILE", help="checkpoint served as the 'default' weight set "
                                                      "(default: the embedded weights)")
     p.add_argument("--device", default="cpu", type=device_arg, help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest request body (413 above)")
-    p.add_argument("--max-pixels", type=int, default=4_000_000, help="largest input in pixels (413 above)")
-    p.add_argument("--concurrency", type=int, default=1, help="inferences running at once")
-    p.add_argument("--queue", type=int, default=32, help="requests admitted at once (503 above)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to answer an upload (504 above)")
+    positive = number(0, float, strict=True)
+    p.add_argument("--max-upload-mb", type=positive, default=25.0, help="largest request body (413 above)")
+    p.add_argument("--max-pixels", type=number(1), default=4_000_000, help="largest input in pixels (413 above)")
+    p.add_argument("--concurrency", type=number(1), default=1, help="inferences running at once")
+    p.add_argument("--queue", type=number(1), default=32, help="requests admitted at once (503 above)")
+    p.add_argument("--timeout", type=positive, default=120.0, help="seconds to answer an upload (504 above)")
     p.add_argument("--tile", type=int, default=256, help="LR tile side for inference (bounds memory)")
     p.set_defaults(func=run)
     return p
@@ -213,9 +214,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(a) -> int:
     import uvicorn  # missing: cli.main names the extra to install
 
-    for name in ("concurrency", "queue", "max_pixels", "max_upload_mb", "timeout"):  # --tile: the Upscaler's
-        if getattr(a, name) <= 0:
-            raise LesrcnnError(f"--{name.replace('_', '-')} must be > 0, got {getattr(a, name)}")
     try:  # a taken port or a bad host is one line here, not uvicorn's log
         socket.create_server((a.host, a.port)).close()
     except (OSError, OverflowError) as e:  # OverflowError: a port outside 0..65535

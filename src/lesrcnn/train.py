@@ -64,7 +64,6 @@ class Options:
         return {s: (max(8, self.hr_patch // s) if self.hr_patch else self.patch) for s in self.scales()}
 
 
-Config = Options  # the name older scripts use
 _TYPES = get_type_hints(Options)
 _FIELDS = {f.name: f for f in fields(Options)}
 _KINDS = {bool: "true or false", str: "a string", int: "an integer", float: "a number"}

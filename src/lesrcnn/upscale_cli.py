@@ -6,7 +6,6 @@ import contextlib
 import fnmatch
 import glob
 import io
-import math
 import os
 import sys
 import time
@@ -14,7 +13,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LesrcnnError, first_line, one_line
+from .errors import LesrcnnError, first_line, note
+from .io import files_under, inode
 
 DESCRIPTION = """\
 Upscale images x2, x3 or x4 with LESRCNN.
@@ -44,28 +44,16 @@ _NOT_WRITABLE = frozenset({".gif", ".ico", ".icns", ".jp2", ".j2k", ".jpx", ".he
                            ".pbm", ".jpe", ".jfif", ".im", ".msp", ".sgi", ".qoi", ".blp", ".ftex"})
 
 
-def _int_at_least(lo: int, what: str):
-    def parse(v: str) -> int:
-        try:
-            x = float(v)  # 1e8 and 2.5e7 are integers too
-        except ValueError:
-            x = math.nan
-        if not x.is_integer():
-            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {v!r}")
-        if x < lo:
-            raise argparse.ArgumentTypeError(f"{what} must be >= {lo}, got {int(x)}")
-        return int(x)
-    return parse
-
-
 def _threads(v: str) -> int:
     """``-j N``, or the ncnn upscalers' ``-j load:proc:save`` (the proc count is taken)."""
     parts = v.split(":")
-    return _int_at_least(1, "--threads")(parts[1] if len(parts) == 3 else parts[0])
+    from .cli import number
+
+    return number(1)(parts[1] if len(parts) == 3 else parts[0])
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from .cli import device_arg
+    from .cli import device_arg, number
     from .video import add_video_arguments
 
     p = sub.add_parser("upscale", help="upscale images (files, folders, globs, stdin) x2/x3/x4",
@@ -88,11 +76,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"],
         help="auto: the fastest installed for the device (`lesrcnn bench` says which); onnx and openvino "
         "need `pip install lesrcnn[onnx]` / `lesrcnn[openvino]`")
-    add("-t", "--tile", type=_int_at_least(0, "--tile"), metavar="N",
+    add("-t", "--tile", type=number(0), metavar="N",
         help="LR tile side in pixels; 0: no tiling; default: chosen from free memory")
-    add("--tile-overlap", type=_int_at_least(0, "--tile-overlap"), metavar="N",
+    add("--tile-overlap", type=number(0), metavar="N",
         help="LR context around each tile (default: receptive margin + 2, so tiled == untiled)")
-    add("--batch", type=_int_at_least(1, "--batch"), metavar="N",
+    add("--batch", type=number(1), metavar="N",
         help="tiles per forward pass (default: from free memory)")
     add("-x", "--self-ensemble", action="store_true",
         help="average the 8 flips/rotations (x8 slower, slightly better; ncnn's TTA mode)")
@@ -108,7 +96,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add("--glob", metavar="PATTERN", help="only files of input folders matching this pattern, e.g. '*.jpg'")
     add("--overwrite", action="store_true", help="replace existing outputs (and allow OUT == INPUT)")
     add("--skip-existing", action="store_true", help="skip images whose output already exists")
-    add("--max-pixels", type=_int_at_least(0, "--max-pixels"), metavar="N",
+    add("--max-pixels", type=number(0), metavar="N",
         help="refuse inputs above N pixels (decompression bombs; default 100000000; 0: no limit)")
     add("-q", "--quiet", action="store_true", help="no progress bar, no summary (errors still shown)")
     add("--ray", nargs="?", const="local", metavar="ADDRESS",  # lesrcnn.ray (extra `ray`)
@@ -134,32 +122,8 @@ class PartlyWritten(LesrcnnError):
     """A damaged video, written as far as it decodes: a failure (exit 1), never the command's (exit 2)."""
 
 
-def _files_under(root: Path, exclude: Path | None = None, max_depth: int | None = None) -> list[Path]:
-    """Non-hidden files below ``root``, sorted: regular ones and broken links (they fail alone,
-    with their reason), never FIFOs or devices. Folder links are followed, but each real folder
-    is entered once (by the first path met), so link loops end; ``exclude`` counts as entered."""
-    seen, found = {_inode(d) for d in (root, exclude) if d is not None}, []
-    for d, dirs, files in os.walk(root, followlinks=True, onerror=_cannot_list):
-        if max_depth is not None and len(Path(d).relative_to(root).parts) >= max_depth:
-            dirs.clear()
-        for name in sorted(dirs):
-            key = _inode(Path(d, name))
-            if name.startswith(".") or key in seen:
-                dirs.remove(name)
-            else:
-                seen.add(key)
-        found += [Path(d, f) for f in files if not f.startswith(".") and
-                  (os.path.isfile(Path(d, f)) or not os.path.exists(Path(d, f)))]
-    return sorted(found)
-
-
-def _inode(p: Path) -> tuple[int, int]:
-    st = os.stat(p)
-    return st.st_dev, st.st_ino
-
-
 def _cannot_list(e: OSError) -> None:
-    _write(f"lesrcnn: warning: {e.filename}: cannot list the folder ({e.strerror or e})")
+    note(f"warning: {e.filename}: cannot list the folder ({e.strerror or e})")
 
 
 def _glob_match(parts: tuple[str, ...], names: tuple[str, ...]) -> bool:
@@ -177,11 +141,12 @@ def input_files(spec: str, pattern: str | None = None,
     files by name or relative path. Unlike glob.glob it ends on symbolic-link loops."""
     p = Path(spec)
     if p.is_dir():
-        return p, [f for f in _files_under(p, exclude) if not pattern or fnmatch.fnmatch(f.name, pattern) or
-                   fnmatch.fnmatch(f.relative_to(p).as_posix(), pattern)]
+        return p, [f for f in files_under(p, exclude, onerror=_cannot_list) if not pattern or
+                   fnmatch.fnmatch(f.name, pattern) or fnmatch.fnmatch(f.relative_to(p).as_posix(), pattern)]
     n = next((i for i, part in enumerate(p.parts) if glob.has_magic(part)), len(p.parts))
     base, parts = Path(*p.parts[:n]), p.parts[n:]
-    files = _files_under(base, exclude, None if "**" in parts else len(parts) - 1) if base.is_dir() else []
+    depth = None if "**" in parts else len(parts) - 1
+    files = files_under(base, exclude, depth, _cannot_list) if base.is_dir() else []
     return base, [f for f in files if _glob_match(parts, f.relative_to(base).parts)]
 
 
@@ -211,7 +176,7 @@ def _sources(inputs: list[str], pattern: str | None,
         base, files = input_files(spec, pattern, exclude)  # the pattern filters folders only
         videos = [f for f in files if f.suffix.lower() in VIDEO_EXTS]
         if videos and not have_pyav():
-            _write(f"lesrcnn: warning: {spec}: {len(videos)} video(s) skipped; "
+            note(f"warning: {spec}: {len(videos)} video(s) skipped; "
                    f"`pip install lesrcnn[video]` to upscale them")
             videos = []
         videos = {f for f in videos if f.suffix.lower() != ".ts" or is_video(f)}
@@ -233,7 +198,7 @@ def _file_keys(p: Path | None) -> set:
     lexical = os.path.normpath(os.path.abspath(p))
     keys: set = {lexical, os.path.realpath(p), os.path.realpath(lexical)}
     with contextlib.suppress(OSError, ValueError):
-        keys.add(_inode(p))
+        keys.add(inode(p))
     return keys
 
 
@@ -328,14 +293,8 @@ def check_jobs(jobs: list[Job], overwrite: bool, skip_existing: bool) -> tuple[l
 
 # --- running -------------------------------------------------------------------------------------
 
-def _write(line: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(one_line(line), file=sys.stderr)  # above a progress bar, if one is shown
-
-
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    _write(f"lesrcnn: warning: {message}")
+    note(f"warning: {message}")
 
 
 def cmd_upscale(a) -> int:
@@ -433,7 +392,7 @@ def _run_jobs(up, jobs: list[Job], a, single: bool) -> tuple[int, int, int, floa
             message, partly = _describe(e, job), isinstance(e, PartlyWritten)
         if single and not partly:
             raise LesrcnnError(message) from None
-        _write(f"lesrcnn: error: {message}")
+        note(f"error: {message}")
         failed += 1
     return done, failed, lost, mp_in, mp_out
 
@@ -446,7 +405,7 @@ def _run_video(up, job: Job, a) -> None:
                       resume=a.resume, overwrite=a.overwrite, segment_seconds=a.segment_seconds,
                       progress=not a.quiet)
     if not a.quiet:
-        _write(r.summary())
+        note(r.summary())
     if r.problems:
         raise PartlyWritten(f"{job.src}: {'; '.join(r.problems)}; {job.dst.name} holds the {r.frames} frames "
                             f"that decoded")
@@ -463,7 +422,7 @@ def _run_one(up, job: Job, a, single: bool) -> tuple[float, float]:
     fmt = job.fmt or writable_format(pic.format)
     show = single and not a.quiet
     if show:  # a large image takes a while: say what is going on before it starts
-        _write(f"lesrcnn: upscaling {job.label}: {pic.width}x{pic.height} -> {pic.width * a.scale}x"
+        note(f"upscaling {job.label}: {pic.width}x{pic.height} -> {pic.width * a.scale}x"
                f"{pic.height * a.scale} on {up.device} ...")
     with tqdm(desc="tiles", unit="tile", file=sys.stderr, dynamic_ncols=True, delay=1e-3,
               disable=None if show else True) as bar:  # shown once it moves (several tiles on a terminal)

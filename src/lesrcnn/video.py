@@ -26,7 +26,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
-from .errors import LesrcnnError, first_line, one_line
+from .errors import LesrcnnError, first_line, note
 
 #: Output container (by extension of -o) -> FFmpeg muxer.
 MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi",
@@ -62,12 +62,6 @@ def _av():
 
 def have_pyav() -> bool:
     return importlib.util.find_spec("av") is not None
-
-
-def _note(line: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(one_line(f"lesrcnn: {line}"), file=sys.stderr)  # above a progress bar, if one is shown
 
 
 # --- the input -------------------------------------------------------------------------------------
@@ -324,7 +318,7 @@ class Work:
             raise LesrcnnError(f"cannot resume {dst.name}: {why} (work folder {self.folder}); "
                                f"run without --resume")
         if self.folder.exists():
-            _note(f"{dst.name}: the input or options changed; discarding the unfinished job in {self.folder}")
+            note(f"{dst.name}: the input or options changed; discarding the unfinished job in {self.folder}")
             shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True)
         self.save()
@@ -368,7 +362,7 @@ class VideoResult:
 
     def summary(self) -> str:
         fps = (self.frames - self.resumed) / self.seconds if self.seconds > 0 else 0.0
-        return ", ".join([f"lesrcnn: {self.src.name} -> {self.dst.name}: {self.frames} frames",
+        return ", ".join([f"{self.src.name} -> {self.dst.name}: {self.frames} frames",
                           f"{self.size_in[0]}x{self.size_in[1]} -> {self.size_out[0]}x{self.size_out[1]}",
                           f"{self.encoder} {self.pix_fmt}", f"{self.seconds:.1f} s ({fps:.2f} fps)",
                           *([f"{self.resumed} frames from the interrupted run"] if self.resumed else [])])
@@ -548,7 +542,7 @@ def _check_copies(src: Source, enc: Encoding, dst: Path) -> None:
         dropped = [f"#{s.index} {s.type}" for s in inp.streams
                    if s.index != src.index and s.index not in src.copy and not _is_cover(s)]
     if dropped:
-        _note(f"{src.path.name}: streams not copied: {', '.join(dropped)}")
+        note(f"{src.path.name}: streams not copied: {', '.join(dropped)}")
 
 
 def _assemble(src: Source, enc: Encoding, work: Work, r: VideoResult) -> None:
@@ -635,7 +629,7 @@ def upscale_video(up, src, dst, *, codec: str | None = None, crf: float | None =
     r = VideoResult(src, dst, (source.width, source.height), (enc.width, enc.height), enc.encoder,
                     enc.pix_fmt, resumed=sum(work.done.values()))
     if r.resumed:
-        _note(f"{src.name}: resuming after {r.resumed} frames ({len(work.done)} segments) "
+        note(f"{src.name}: resuming after {r.resumed} frames ({len(work.done)} segments) "
               f"from {work.folder.name}")
     t0 = time.perf_counter()
     with tqdm(total=source.estimate or None, initial=r.resumed, desc=src.name[:24], unit="frame",
@@ -644,7 +638,7 @@ def upscale_video(up, src, dst, *, codec: str | None = None, crf: float | None =
         try:
             _run(up, source, enc, work, segment_seconds, bar, r)
         except KeyboardInterrupt:
-            _note(f"{src.name}: stopped; {len(work.done)} finished segment(s) kept in {work.folder}; "
+            note(f"{src.name}: stopped; {len(work.done)} finished segment(s) kept in {work.folder}; "
                   f"run the same command again to resume")
             raise
     if not work.done:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
@@ -56,26 +57,33 @@ class Checkpoint:
             raise LesrcnnError(f"{self.source} is a x{have} model; it cannot upscale x{scale}")
 
 
-def official_to_ours(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int, tuple[float, ...]]:
-    """Map the released code's keys to ours; returns (state dict, scale, channel mean)."""
-    if "upsample.up.body.0.weight" not in sd:
+#: The released upsampler keys: ``upsample.up.body.I`` (LESRCNN x2/x3/x4), ``upsample.upS.body.I`` (LESRCNN-S).
+_OFFICIAL_UP = re.compile(r"upsample\.up([234]?)\.body\.(\d)\.(weight|bias)")
+
+
+def official_to_ours(sd: dict[str, torch.Tensor]) -> tuple[dict, tuple[int, ...], tuple[float, ...]]:
+    """Map the released code's keys to ours; returns (state dict, scales, channel mean)."""
+    ups = {k: m for k in sd if (m := _OFFICIAL_UP.fullmatch(k))}
+    if not any(m[2] == "0" and m[3] == "weight" for m in ups.values()):
         raise LesrcnnError("not an LESRCNN checkpoint: no 'upsample.up.body.0.weight' key")
-    n_up = sd["upsample.up.body.0.weight"].shape[0]
-    scale = {256: 4 if "upsample.up.body.2.weight" in sd else 2, 576: 3}.get(n_up)
-    if scale is None:
-        raise LesrcnnError(f"not an LESRCNN checkpoint: upsampler has {n_up} output channels")
+    single = None
+    if "upsample.up.body.0.weight" in sd:  # one scale, told by the upsampler's output channels
+        n_up = sd["upsample.up.body.0.weight"].shape[0]
+        single = {256: "4" if "upsample.up.body.2.weight" in sd else "2", 576: "3"}.get(n_up)
+        if single is None:
+            raise LesrcnnError(f"not an LESRCNN checkpoint: upsampler has {n_up} output channels")
     names = {"conv1.0.weight": "head.weight", "conv18.0.weight": "tail.weight"}
     names |= {f"conv{2 * k + 2}.0.weight": f"body3.{k}.weight" for k in range(8)}  # unit k: 3x3 layer
     names |= {f"conv{2 * k + 3}.0.weight": f"body1.{k}.weight" for k in range(8)}  # and 1x1 layer
     names |= {f"conv17_{i + 1}.0.weight": f"irb.{i}.weight" for i in range(4)}
-    names |= {f"upsample.up.body.{i}.{p}": f"upsample.x{scale}.{i}.{p}"
-              for i in (0, 2) for p in ("weight", "bias")}
+    names |= {k: f"upsample.x{m[1] or single}.{m[2]}.{m[3]}" for k, m in ups.items()}
     unknown = [k for k in sd if k not in names and not k.startswith(("sub_mean.", "add_mean."))]
     if unknown:
         raise LesrcnnError(f"unexpected key in checkpoint: {unknown[0]}")
     bias = sd.get("sub_mean.shifter.bias")
     mean = DIV2K_MEAN if bias is None else tuple(float(x) for x in (-bias).tolist())
-    return {names[k]: v for k, v in sd.items() if k in names}, scale, mean  # type: ignore[return-value]
+    scales = tuple(sorted({int(m[1] or single) for m in ups.values()}))
+    return {names[k]: v for k, v in sd.items() if k in names}, scales, mean  # type: ignore[return-value]
 
 
 def _reason(e: BaseException) -> str:
@@ -213,10 +221,10 @@ def _load_official(path: Path) -> Checkpoint:
                            f"write it with lesrcnn.weights.save(model, 'x.safetensors')")
     check_tensors(sd, path)  # all of them, the mean shift's too, before any is read
     try:
-        ours, s, mean = official_to_ours(sd)
+        ours, scales, mean = official_to_ours(sd)
     except (IndexError, TypeError, ValueError, KeyError) as e:
         raise LesrcnnError(f"{path}: not an LESRCNN checkpoint ({_reason(e)})") from None
-    return _build(ours, path, mean, (s,), "full", {"format": "official-pth", "scales": str(s)})
+    return _build(ours, path, mean, scales, "full", {"format": "official-pth"})
 
 
 def load(spec: str | os.PathLike | None = None, *scales: int) -> Checkpoint:

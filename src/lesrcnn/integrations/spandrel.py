@@ -12,21 +12,13 @@ from ..errors import LesrcnnError, first_line, one_line
 from ..model import DIV2K_MEAN, LESRCNN
 from . import single_scale
 
-_OFFICIAL_MULTI = re.compile(r"upsample\.up([234])\.body\.(\d)\.(weight|bias)")
-
-
 def to_ours(sd: dict) -> tuple[dict, tuple[int, ...], str, tuple[float, float, float]]:
     """A detected state dict -> (our keys, scales, variant, channel mean)."""
     from ..weights import official_to_ours
 
     mean = DIV2K_MEAN
-    if "head.weight" not in sd:  # the authors' layout; their multi-scale one has upsample.up2/up3/up4
-        ups = {m: v for k, v in sd.items() if (m := _OFFICIAL_MULTI.fullmatch(k))}
-        sd = {k: v for k, v in sd.items() if not _OFFICIAL_MULTI.fullmatch(k)}
-        first = min((m[1] for m in ups), default=None)
-        sd.update({f"upsample.up.body.{m[2]}.{m[3]}": v for m, v in ups.items() if m[1] == first})
+    if "head.weight" not in sd:  # the authors' layout (LESRCNN, or LESRCNN-S: upsample.up2/up3/up4)
         sd, _, mean = official_to_ours(sd)
-        sd.update({f"upsample.x{m[1]}.{m[2]}.{m[3]}": v for m, v in ups.items()})
     scales = tuple(sorted(int(m[1]) for k in sd if (m := re.fullmatch(r"upsample\.x(\d)\.0\.weight", k))))
     if "irb.0.weight" not in sd and sd["body1.0.weight"].shape[-1] != 3:  # neither full nor SN
         raise LesrcnnError("an LESRCNN ablation variant (IEEB, IEEB+RB or HN: the same keys, different "
