@@ -177,12 +177,12 @@ def test_info_is_an_aligned_summary_and_json_on_request(capfd):
 
 def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     """The handler turns SIGTERM into an exception, so `with` blocks (temp files) unwind."""
-    code = ("import os, signal, sys; from lesrcnn import cli\n"
-            "cli._install_sigterm()\n"
-            "try:\n    os.kill(os.getpid(), signal.SIGTERM)\n    import time; time.sleep(5)\n"
-            "except KeyboardInterrupt as e:\n    print('CAUGHT', type(e).__name__)\n")
+    code = ("import os, signal, time; from lesrcnn.errors import sigterm_as_interrupt\n"
+            "try:\n    with sigterm_as_interrupt():\n        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(5)\nexcept KeyboardInterrupt as e:\n    print('CAUGHT', type(e).__name__)\n"
+            "print('RESTORED', signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
-    assert "CAUGHT Terminated" in r.stdout, (r.stdout, r.stderr)
+    assert "CAUGHT Terminated" in r.stdout and "RESTORED True" in r.stdout, (r.stdout, r.stderr)
 
 
 def test_quoted_globs_match_as_the_shell_would(tmp_path, monkeypatch):

@@ -106,7 +106,7 @@ def test_eval_output_never_replaces_a_file(tmp_path, capfd):
     before = sha256_tree(tmp_path)
     one_error(run_main(capfd, "eval", "--bicubic", "--data", data, "-o", tmp_path / "res.txt"), 2, "exists")
     one_error(run_main(capfd, "eval", "--bicubic", "--data", data, "-o", data / "im0.png", "--overwrite"), 2,
-              "is an image of")
+              "is an input")
     assert sha256_tree(tmp_path) == before
     r = run_main(capfd, "eval", "--bicubic", "--data", data, "-o", tmp_path / "res.txt", "--overwrite")
     assert r.returncode == 0 and (tmp_path / "res.txt").read_text().startswith("dataset")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import __version__, accel
 from .errors import LesrcnnError, first_line
-from .export import INT8_RECIPE, int8_model, need, to_onnx
+from .export import INT8_RECIPE, int8_model, to_onnx
 from .io import ImageWarning, atomic_write_bytes
 from .model import LESRCNN, check_scale, fuse_rb
 from .upscale import prepare, tune_cpu_allocator
@@ -150,7 +150,8 @@ class RuntimeEngine(Engine):
 
 
 def _onnx_file_scale(path: str | os.PathLike) -> int:
-    onnx = need("onnx")
+    import onnx
+
     if not Path(path).is_file():
         raise LesrcnnError(f"ONNX model not found: {path}")
     try:
@@ -165,7 +166,8 @@ def _onnx_file_scale(path: str | os.PathLike) -> int:
 
 def ort_runner(src: bytes, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """ONNX Runtime on the CPU (all graph optimisations: the default)."""
-    ort = need("onnxruntime")
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = threads or torch.get_num_threads()

@@ -10,11 +10,10 @@ import contextlib
 import importlib
 import math
 import os
-import signal
 import sys
 
 from . import __version__
-from .errors import LesrcnnError, first_line, one_line
+from .errors import LesrcnnError, Terminated, first_line, one_line, sigterm_as_interrupt
 
 #: name -> (module, summary). The module's ``add_parser(sub)`` (``add_<name>`` where it holds two
 #: commands) sets ``func``: a function of the parsed arguments returning the exit status.
@@ -67,10 +66,6 @@ def device_arg(v: str) -> str:
         return s
     raise argparse.ArgumentTypeError(f"device must be auto, cpu, cuda, cuda:N, N (a GPU index) or mps, "
                                      f"got {v!r}")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is, so that it unwinds (temporary files) as on Ctrl-C."""
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -138,17 +133,6 @@ def _run(argv: list[str]) -> int:
     return status
 
 
-def _on_sigterm(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
-    raise Terminated()
-
-
-def _install_sigterm() -> None:
-    with contextlib.suppress(ValueError):  # not the main thread (an embedding application): leave them
-        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _on_sigterm)
-
-
 def _error(message: object) -> int:
     print(f"lesrcnn: error: {one_line(message)}", file=sys.stderr)
     return 2
@@ -164,9 +148,9 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    _install_sigterm()
     try:
-        return _run(argv)
+        with sigterm_as_interrupt():
+            return _run(argv)
     except LesrcnnError as e:
         return _error(e)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): `with` blocks have removed temp files

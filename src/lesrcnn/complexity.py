@@ -37,8 +37,6 @@ def count(model: LESRCNN, scale: int, height: int, width: int, fused: bool = Fal
     """Per-block parameters/MACs of ``model`` at ``scale`` for an LR input of height x width.
     One MAC is one multiply-add of a convolution; biases, ReLUs, additions and the frozen mean
     shift are not counted (< 0.01%). ``fused``: after :func:`lesrcnn.model.fuse_rb`."""
-    if scale not in model.scales:
-        raise LesrcnnError(f"the model serves x{'/x'.join(map(str, model.scales))}, not x{scale}")
     net = fuse_rb(model) if fused else model
     names = {id(m): n for n, m in net.named_modules()}
     lr = height * width

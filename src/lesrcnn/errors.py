@@ -1,12 +1,40 @@
 """One exception type for every user-facing failure: the CLI prints it on one line and exits 2."""
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 import sys
+import threading
 
 
 class LesrcnnError(Exception):
     """A bad input, file or option; the message is complete and fits on one line."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds (temporary files) as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block SIGTERM raises :class:`Terminated`, so that ``with`` blocks unwind as on
+    Ctrl-C (temporary files removed, finished work kept); only in the main thread, and only where
+    SIGTERM has no handler yet (an enclosing block's, or an embedding application's)."""
+    ours = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    if ours:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        if ours:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def one_line(text: object) -> str:

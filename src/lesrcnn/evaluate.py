@@ -5,12 +5,10 @@ import argparse
 import csv
 import json
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from importlib import resources
 from io import StringIO
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -167,20 +165,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _check_output(out: Path, datasets: Iterable[Dataset], overwrite: bool) -> None:
-    """Results never replace a benchmark image, nor any existing file without --overwrite."""
-    if out.is_dir():
-        raise LesrcnnError(f"--output {out} is a folder; name a file")
-    if not out.exists():
-        return
-    for ds in datasets:
-        for pair in ds.pairs:
-            if any(p is not None and p.exists() and os.path.samefile(p, out) for p in (pair.hr, pair.lr)):
-                raise LesrcnnError(f"--output {out} is an image of {ds.name}; choose another file")
-    if not overwrite:
-        raise LesrcnnError(f"{out} exists; pass --overwrite to replace it")
-
-
 def run(a) -> int:
     import sys
 
@@ -189,13 +173,14 @@ def run(a) -> int:
     from . import weights as W
     from .backends import create
     from .data import find_dataset
-    from .io import atomic_write_text
+    from .io import atomic_write_text, check_output
     from .upscale import pick_device
 
     scales = a.scale or [2]
     datasets = {(d, s): find_dataset(d, s) for s in scales for d in a.data}  # validate all folders first
-    if a.output:
-        _check_output(Path(a.output), datasets.values(), a.overwrite)
+    if a.output:  # results never replace a benchmark image, nor any file without --overwrite
+        check_output(a.output, a.overwrite, (p for ds in datasets.values() for pair in ds.pairs
+                                             for p in (pair.hr, pair.lr) if p is not None))
     model, method = None, "Bicubic"
     if not a.bicubic:
         ck = W.load(a.weights, *scales)

@@ -7,7 +7,6 @@ network (one upsampler pass), batch/height/width dynamic, the scale baked in (on
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import logging
 import os
@@ -22,7 +21,7 @@ from torch import nn
 
 from . import __version__
 from .errors import LesrcnnError
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, check_output
 from .model import check_scale, fuse_rb, stages
 
 DEFAULT_OPSET = 17
@@ -39,14 +38,6 @@ INT8_PATCHES = 32
 INT8_MODULES = ("body3", "body1")
 
 
-def need(module: str):
-    """An optional module of the 'onnx' extra, else a one-line error saying how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise LesrcnnError(f"{module} is not installed: pip install 'lesrcnn[onnx]'") from None
-
-
 class AtScale(nn.Module):
     """``model`` at a fixed scale, float32 in and out (``dtype`` inside): what an export holds."""
 
@@ -61,7 +52,8 @@ class AtScale(nn.Module):
 def to_onnx(model, scale: int, opset: int = DEFAULT_OPSET, fp16: bool = False, metadata: dict | None = None):
     """An ``onnx.ModelProto`` computing ``model`` at ``scale``: float32 NCHW RGB in [0, 1] ->
     float32 NCHW (sH, sW), unclamped; with ``fp16``, float16 inside behind Cast nodes."""
-    onnx = need("onnx")
+    import onnx  # the 'onnx' extra (a missing extra: cli.main names it)
+
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise LesrcnnError(f"--opset {opset}: LESRCNN needs opset {MIN_OPSET} to {MAX_OPSET} "
                            "(DepthToSpace CRD)")
@@ -165,8 +157,7 @@ def int8_model(model, scale: int, patches: list[np.ndarray] | None = None, metad
                progress=None):
     """THE INT8 recipe (``--precision int8``, ``export --int8``): the equalised network, its IEEB quantised by
     ONNX Runtime's tooling on ``patches`` (default: the built-in set), wrapped in ``progress`` (tqdm)."""
-    onnx = need("onnx")
-    need("onnxruntime")
+    import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -234,10 +225,7 @@ def cmd_export(a) -> int:
         out = str(Path(out).with_name(f"{Path(out).stem}_x{{scale}}{Path(out).suffix or '.onnx'}"))
     paths = {s: Path(out.replace("{scale}", str(s))) for s in scales}
     for path in paths.values():
-        if path.exists() and not a.overwrite:
-            raise LesrcnnError(f"{path} exists; pass --overwrite to replace it")
-        if path.is_dir():
-            raise LesrcnnError(f"{path} is a folder")
+        check_output(path, a.overwrite)
     kind = "INT8" if a.int8 else ("fp16" if a.fp16 else "fp32")
     for s, path in paths.items():
         note = ""

@@ -17,7 +17,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -72,6 +72,19 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[B
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def check_output(path: str | os.PathLike, overwrite: bool, inputs: Iterable = ()) -> Path:
+    """The one check before work starts: an output is refused if it is a folder, one of ``inputs``
+    (paths; a path that does not exist is none of them), or an existing file without ``overwrite``."""
+    out = Path(path)
+    if out.is_dir():
+        raise LesrcnnError(f"{out} is a folder; name a file")
+    if out.exists() and any(os.path.exists(p) and os.path.samefile(p, out) for p in inputs):
+        raise LesrcnnError(f"{out} is an input; choose another output name")
+    if out.exists() and not overwrite:
+        raise LesrcnnError(f"{out} exists; pass --overwrite to replace it")
+    return out
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> None:

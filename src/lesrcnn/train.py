@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-import sys
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import get_type_hints
@@ -120,8 +119,7 @@ def load_config(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise LesrcnnError(f"config file not found: {p}")
-    toml = "tomllib" if sys.version_info >= (3, 11) else "tomli"  # tomli: the same parser on 3.10
-    module = {".toml": toml, ".json": "json", ".yaml": "yaml", ".yml": "yaml"}.get(p.suffix.lower())
+    module = {".toml": "tomllib", ".json": "json", ".yaml": "yaml", ".yml": "yaml"}.get(p.suffix.lower())
     if module is None:
         raise LesrcnnError(f"config must be .toml, .yaml or .json: {p}")
     try:

@@ -18,7 +18,7 @@ import torch
 
 from . import weights as W
 from .errors import LesrcnnError
-from .io import (DEEP_FORMATS, DEFAULT_MAX_PIXELS, ImageWarning, Picture, format_for_path, max_value,
+from .io import (DEEP_FORMATS, DEFAULT_MAX_PIXELS, ImageWarning, Picture, check_output, format_for_path, max_value,
                  normalize_format, picture_from_pil, picture_to_pil, read_picture, to_gray, write_picture)
 from .metrics import to_uint8
 from .model import LESRCNN, check_scale
@@ -333,8 +333,7 @@ class Upscaler:
         fmt = normalize_format(format) if format else format_for_path(dst)
         if not fmt:
             raise LesrcnnError(f"{dst}: unknown image extension; name the format (png, jpg, webp, tiff, bmp)")
-        if dst.exists() and not overwrite:
-            raise LesrcnnError(f"{dst} exists; pass overwrite=True to replace it")
+        check_output(dst, overwrite, [src] if isinstance(src, (str, os.PathLike)) else [])
         pic = read_picture(src, self.max_pixels)
         bits = 16 if pic.bits == 16 and fmt in DEEP_FORMATS else 8
         write_picture(self.upscale_picture(pic, bits, progress), dst, fmt, quality)

@@ -26,7 +26,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
-from .errors import LesrcnnError, first_line, note
+from .errors import LesrcnnError, first_line, note, sigterm_as_interrupt
 
 #: Output container (by extension of -o) -> FFmpeg muxer.
 MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi",
@@ -615,13 +615,12 @@ def upscale_video(up, src, dst, *, codec: str | None = None, crf: float | None =
     call. ``result.problems`` lists what did not decode (the rest is written)."""
     from tqdm import tqdm
 
+    from .io import check_output
+
     src, dst = Path(src), Path(dst)
     if segment_seconds <= 0:
         raise LesrcnnError(f"segment length must be > 0 s, got {segment_seconds}")
-    if dst.exists() and not overwrite:
-        raise LesrcnnError(f"{dst} exists; pass --overwrite to replace it")
-    if dst.exists() and src.exists() and src.resolve() == dst.resolve():
-        raise LesrcnnError(f"{dst} is the input; choose another output name")
+    check_output(dst, overwrite, [src])
     source = open_source(src, up.max_pixels)
     enc = choose_encoding(source, dst, up.scale, codec, crf, preset, pix_fmt)
     _check_copies(source, enc, dst)
@@ -634,7 +633,7 @@ def upscale_video(up, src, dst, *, codec: str | None = None, crf: float | None =
     t0 = time.perf_counter()
     with tqdm(total=source.estimate or None, initial=r.resumed, desc=src.name[:24], unit="frame",
               file=sys.stderr, dynamic_ncols=True, disable=None if progress else True) as bar, \
-            _sigterm_as_interrupt():
+            sigterm_as_interrupt():
         try:
             _run(up, source, enc, work, segment_seconds, bar, r)
         except KeyboardInterrupt:
@@ -664,20 +663,6 @@ def _missing(src: Source, r: VideoResult) -> list[str]:
 
 def _problem_text(errors: list[str]) -> str:
     return f" ({len(errors)} unreadable packet(s); first: {errors[0]})" if errors else ""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM stops an API call like Ctrl-C (finished segments kept), unless a handler is set (the CLI's)."""
-    ours = threading.current_thread() is threading.main_thread() and \
-        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    if ours:
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt
-    try:
-        yield
-    finally:
-        if ours:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # --- the command line (hooked into `lesrcnn upscale`) -----------------------------------------------

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from .errors import LesrcnnError
 
 
 def add_info(sub) -> argparse.ArgumentParser:
@@ -114,14 +112,9 @@ def add_convert(sub) -> argparse.ArgumentParser:
 
 def run_convert(a) -> int:
     from . import weights as W
+    from .io import check_output
 
-    out, src = Path(a.output), Path(a.src)
-    if out.resolve() == src.resolve() or (out.exists() and src.exists() and os.path.samefile(out, src)):
-        raise LesrcnnError("refusing to overwrite the input checkpoint; choose another -o")
-    if out.exists() and not a.overwrite:
-        raise LesrcnnError(f"{out} exists; pass --overwrite to replace it")
-    if out.is_dir():
-        raise LesrcnnError(f"{out} is a folder; -o must name a .safetensors file")
+    out, src = check_output(a.output, a.overwrite, [a.src]), Path(a.src)
     ck = W.load(a.src)
     fmt = ck.metadata.get("format")
     W.save(ck.model, out, {"converted_from": src.name, **({"source_format": fmt} if fmt else {})})
