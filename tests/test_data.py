@@ -158,9 +158,14 @@ def test_read_rgb_gives_the_papers_rgb(tmp_path):
     assert got.dtype == np.uint8 and np.abs(got.astype(int) - deep / 257).max() <= 0.5 + 1e-9
 
 
-def test_list_images_does_not_loop_on_symlinks(tmp_path):
-    _img(tmp_path / "a.png")
-    (tmp_path / "sub").mkdir()
-    os.symlink(tmp_path, tmp_path / "sub" / "up")
-    os.symlink(tmp_path / "sub" / "self", tmp_path / "sub" / "self")  # a link to itself
-    assert list_images(tmp_path) == [tmp_path / "a.png"]
+def test_list_images_follows_folder_links_once_and_never_loops(tmp_path):
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    _img(data / "a.png")
+    _img(elsewhere / "b.png")
+    (data / "sub").mkdir()
+    os.symlink(data, data / "sub" / "up")  # a loop back to the root
+    os.symlink(data / "sub" / "self", data / "sub" / "self")  # a link to itself
+    os.symlink(elsewhere, data / "sub" / "linked")  # images kept elsewhere: read, as upscale reads them
+    assert list_images(data) == [data / "a.png", data / "sub" / "linked" / "b.png"]
+    os.symlink(elsewhere, data / "again")  # the same folder twice: read once, by the first path met
+    assert list_images(data) == [data / "a.png", data / "again" / "b.png"]

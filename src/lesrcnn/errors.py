@@ -1,4 +1,5 @@
-"""One exception type for every user-facing failure: the CLI prints it on one line and exits 2."""
+"""One exception type for every user-facing failure (the CLI prints it on one line and exits 2),
+and the CLI's other habits the package shares: notes on one line, SIGTERM handled like Ctrl-C."""
 from __future__ import annotations
 
 import contextlib
