@@ -35,12 +35,6 @@ EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "openvino
           "torchvision": "spandrel"}
 
 
-def scale_arg(v: str) -> int:
-    if v.strip() not in ("2", "3", "4"):
-        raise argparse.ArgumentTypeError(f"scale must be 2, 3 or 4, got {v!r}")
-    return int(v)
-
-
 def number(low: float, kind: type = int, strict: bool = False):
     """An argparse type: an integer (1e8 is one too) or, with ``kind=float``, a finite number; at
     least ``low`` (above it with ``strict``)."""
@@ -66,6 +60,29 @@ def device_arg(v: str) -> str:
         return s
     raise argparse.ArgumentTypeError(f"device must be auto, cpu, cuda, cuda:N, N (a GPU index) or mps, "
                                      f"got {v!r}")
+
+
+def threads_arg(v: str) -> int:
+    """``-j N``, or the ncnn upscalers' ``-j load:proc:save`` (the proc count is taken)."""
+    parts = v.split(":")
+    return number(1)(parts[1] if len(parts) == 3 else parts[0])
+
+
+def add_engine_options(p: argparse.ArgumentParser, device: str = "auto") -> None:
+    """What runs the network, as `upscale` and `eval` take it: weights, device, precision, backend, threads."""
+    add = p.add_argument
+    add("--weights", metavar="NAME|FILE", help="lesrcnn-s or real (embedded), our .safetensors file or an "
+        "official .pth (converted on the fly); default: the embedded lesrcnn-s")
+    add("-g", "--device", type=device_arg, default=device,
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps, or a GPU index N (-1: CPU)")
+    add("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
+        help="fp16/bf16 on CUDA only (tiles that overflow are redone in fp32); int8 on the CPU (OpenVINO "
+        "or ONNX Runtime; quantised once per weights, cached)")
+    add("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"],
+        help="auto: the fastest installed for the device (`lesrcnn bench` says which); onnx and openvino "
+        "need `pip install lesrcnn[onnx]` / `lesrcnn[openvino]`")
+    add("-j", "--threads", type=threads_arg, metavar="N",
+        help="CPU threads (N, or ncnn's load:proc:save); default: torch's choice")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

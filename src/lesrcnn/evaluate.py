@@ -131,17 +131,16 @@ def format_results(results: list[Result], fmt: str) -> str:
 # --- `lesrcnn eval` ----------------------------------------------------------------------------
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from .cli import device_arg, number, scale_arg
+    from .cli import add_engine_options
 
     p = sub.add_parser("eval", help="PSNR/SSIM on benchmark folders with the paper's protocol",
                        description="PSNR/SSIM on the Y channel (border = scale), as the paper and its code "
                                    "compute them, beside the paper's numbers when the set is one of its "
                                    "tables.")
-    p.add_argument("--weights", help="checkpoint (ours or an official .pth); default: the embedded weights")
     p.add_argument("--data", action="append", required=True,
                    help="benchmark folder (repeatable): image_SRF_s pairs, HR/ + LR_bicubic/Xs/, or HR "
                         "images")
-    p.add_argument("--scale", "-s", type=scale_arg, action="append",
+    p.add_argument("--scale", "-s", type=int, choices=(2, 3, 4), action="append",
                    help="2, 3 or 4 (repeatable); default: 2")
     p.add_argument("--quantize", choices=["truncate", "round"],
                    help="float -> 8-bit; default: truncate for a network (the released code's, the paper's "
@@ -152,15 +151,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow --output to replace an existing file")
     p.add_argument("--bicubic", action="store_true",
                    help="evaluate the bicubic baseline instead of a network")
-    p.add_argument("--device", "-g", type=device_arg, default="cpu",
-                   help="cpu, cuda, cuda:N (or just N), mps or auto")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"],
-                   help="inference runtime; auto: the fastest installed for the device (see `lesrcnn bench`)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
-                   help="int8: CPU, OpenVINO or ONNX Runtime (quantised once per weights, cached); "
-                        "fp16/bf16: CUDA")
-    p.add_argument("-j", "--threads", type=number(1),
-                   help="CPU threads of the onnx/openvino runtimes (default: torch's)")
+    add_engine_options(p, device="cpu")  # --weights -g/--device --precision --backend -j/--threads
     p.set_defaults(func=run)
     return p
 
@@ -182,6 +173,8 @@ def run(a) -> int:
         check_output(a.output, a.overwrite, (p for ds in datasets.values() for pair in ds.pairs
                                              for p in (pair.hr, pair.lr) if p is not None))
     model, method = None, "Bicubic"
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if not a.bicubic:
         ck = W.load(a.weights, *scales)
         device = pick_device(a.device)

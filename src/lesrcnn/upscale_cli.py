@@ -44,16 +44,8 @@ _NOT_WRITABLE = frozenset({".gif", ".ico", ".icns", ".jp2", ".j2k", ".jpx", ".he
                            ".pbm", ".jpe", ".jfif", ".im", ".msp", ".sgi", ".qoi", ".blp", ".ftex"})
 
 
-def _threads(v: str) -> int:
-    """``-j N``, or the ncnn upscalers' ``-j load:proc:save`` (the proc count is taken)."""
-    parts = v.split(":")
-    from .cli import number
-
-    return number(1)(parts[1] if len(parts) == 3 else parts[0])
-
-
 def add_parser(sub) -> argparse.ArgumentParser:
-    from .cli import device_arg, number
+    from .cli import add_engine_options, number
     from .video import add_video_arguments
 
     p = sub.add_parser("upscale", help="upscale images (files, folders, globs, stdin) x2/x3/x4",
@@ -64,18 +56,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="an INPUT given as an option (repeatable), as Real-ESRGAN and the ncnn upscalers take it")
     add("-o", "--output", required=True, metavar="OUT", help="output file, folder, or - for stdout")
     add("-s", "--scale", type=int, choices=(2, 3, 4), default=2, help="upscaling factor")
-    add("--weights", metavar="NAME|FILE", help="our .safetensors file or an official .pth (converted on the "
-        "fly); default: the embedded weights for the scale")
-    add("-g", "--device", type=device_arg, default="auto",
-        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps, or a GPU index N (-1: CPU)")
-    add("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"],
-        help="fp16/bf16 on CUDA only (tiles that overflow are redone in fp32); int8 on the CPU (OpenVINO "
-        "or ONNX Runtime; quantised once per weights, cached)")
+    add_engine_options(p)  # --weights -g/--device --precision --backend -j/--threads
     add("--fp32", action="store_const", const="fp32", dest="precision",
         help="same as --precision fp32 (the Real-ESRGAN flag)")
-    add("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"],
-        help="auto: the fastest installed for the device (`lesrcnn bench` says which); onnx and openvino "
-        "need `pip install lesrcnn[onnx]` / `lesrcnn[openvino]`")
     add("-t", "--tile", type=number(0), metavar="N",
         help="LR tile side in pixels; 0: no tiling; default: chosen from free memory")
     add("--tile-overlap", type=number(0), metavar="N",
@@ -90,8 +73,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add("--quality", type=int, metavar="Q", help="JPEG/WebP quality 1-100 (default 95; WebP 100 = lossless)")
     add("--quantize", default="round", choices=["round", "truncate"],
         help="float -> 8-bit conversion; truncate is the released code's (what `lesrcnn eval` scores)")
-    add("-j", "--threads", type=_threads, metavar="N",
-        help="CPU threads (N, or ncnn's load:proc:save); default: torch's choice")
     add("--suffix", default="", metavar="TEXT", help="appended to output file names in a folder, e.g. _x2")
     add("--glob", metavar="PATTERN", help="only files of input folders matching this pattern, e.g. '*.jpg'")
     add("--overwrite", action="store_true", help="replace existing outputs (and allow OUT == INPUT)")
