@@ -103,14 +103,10 @@ class LESRCNN(nn.Module):
         self.irb = nn.ModuleList(_conv(f, f, 3) for _ in range(4 if v.irb else 0))
         self.tail = _conv(f, 3, 3)
 
-    @property
-    def multiscale(self) -> bool:
-        return len(self.scales) > 1
-
     def resolve_scale(self, scale: int | None) -> int:
         """``scale`` checked against the model's; None is allowed for a single-scale model."""
         if scale is None:
-            if self.multiscale:
+            if len(self.scales) > 1:
                 raise LesrcnnError("a multi-scale model needs the scale: model(x, scale)")
             return self.scales[0]
         return check_scale(scale, self.scales)

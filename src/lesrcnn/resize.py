@@ -55,10 +55,6 @@ def _round_half_away(a: np.ndarray) -> np.ndarray:
     return np.sign(a) * np.floor(np.abs(a) + 0.5)
 
 
-def output_size(h: int, w: int, scale: float) -> tuple[int, int]:
-    return int(math.ceil(h * scale)), int(math.ceil(w * scale))
-
-
 def imresize(img: np.ndarray | torch.Tensor, scale: float, antialias: bool = True) -> np.ndarray | torch.Tensor:
     """Resize an HxW or HxWxC image by ``scale`` (e.g. 1/2, 1/3, 1/4, or 2) like MATLAB.
 
@@ -72,10 +68,10 @@ def imresize(img: np.ndarray | torch.Tensor, scale: float, antialias: bool = Tru
         raise ValueError(f"scale must be positive, got {scale}")
     dtype = img.dtype
     integer = np.issubdtype(dtype, np.integer)
-    out_h, out_w = output_size(img.shape[0], img.shape[1], scale)
     a = img.astype(np.float64)
     # MATLAB resizes the dimension with the smaller scale first; with equal scales, rows first.
-    for axis, n in ((0, out_h), (1, out_w)):
+    for axis in (0, 1):
+        n = math.ceil(img.shape[axis] * scale)  # MATLAB's output size
         a = _resize_axis(a, axis, n, scale, antialias)
         if integer:
             info = np.iinfo(dtype)
